@@ -1,0 +1,58 @@
+// The lattice binary: `lattice <command> [args]`.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "launcher/commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  absl::Status (*run)(const lattice::CommandArgs&);
+  const char* help;
+};
+
+constexpr Command kCommands[] = {
+    {"train", lattice::RunTrainCommand, "train a model from a config"},
+    {"eval", lattice::RunEvalCommand, "mean loss of weights over a dataset, as JSON"},
+    {"generate", lattice::RunGenerateCommand, "sample text from trained weights"},
+    {"tokenizer", lattice::RunTokenizerCommand, "train / encode / decode a BPE tokenizer"},
+    {"prepare", lattice::RunPrepareCommand, "tokenize text or JSONL into .bin/.idx"},
+    {"bench", lattice::RunBenchCommand, "benchmarks"},
+};
+
+void PrintUsage() {
+  std::fprintf(stderr, "usage: lattice <command> [options]\n\ncommands:\n");
+  for (const Command& c : kCommands) std::fprintf(stderr, "  %-10s %s\n", c.name, c.help);
+  std::fprintf(stderr, "\n`lattice <command> --help` describes each command's options.\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
+    PrintUsage();
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string name = argv[1];
+  const lattice::CommandArgs args(argv + 2, argv + argc);
+  for (const Command& c : kCommands) {
+    if (name != c.name) continue;
+    absl::Status status;
+    try {
+      status = c.run(args);
+    } catch (const std::exception& e) {
+      status = absl::InternalError(std::string("unexpected exception: ") + e.what());
+    }
+    if (!status.ok()) {
+      std::fprintf(stderr, "lattice %s: error: %s\n", c.name, std::string(status.message()).c_str());
+      return 1;
+    }
+    return 0;
+  }
+  std::fprintf(stderr, "lattice: unknown command '%s'\n\n", name.c_str());
+  PrintUsage();
+  return 2;
+}

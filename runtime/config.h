@@ -1,0 +1,117 @@
+// The typed lattice configuration: YAML file + `--set a.b=value` overrides, one Validate().
+//
+// Every key is declared once (config.cc) with its type and default. Unknown keys, wrong types
+// and inconsistent values are errors whose message names the key and the numbers.
+// Format version: the top-level key `version: 1` (optional, must be 1 when present).
+#ifndef LATTICE_RUNTIME_CONFIG_H_
+#define LATTICE_RUNTIME_CONFIG_H_
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace lattice {
+
+enum class Arch { kGpt2, kLlama };
+
+struct ModelConfig {
+  Arch arch = Arch::kGpt2;        // model.arch: gpt2 | llama
+  int64_t n_layer = 2;            // model.n_layer
+  int64_t d_model = 64;           // model.d_model
+  int64_t n_head = 4;             // model.n_head
+  int64_t n_kv_head = 0;          // model.n_kv_head (0 = n_head; < n_head = GQA/MQA; llama only)
+  int64_t d_ff = 0;               // model.d_ff (0 = 4*d_model for gpt2; required for llama)
+  int64_t vocab_size = 256;       // model.vocab_size (real tokens)
+  int64_t vocab_pad_multiple = 64;// model.vocab_pad_multiple (padded vocab, masked from the loss)
+  int64_t seq_len = 64;           // model.seq_len (also max positions for gpt2)
+  float norm_eps = 1e-5f;         // model.norm_eps
+  float rope_theta = 10000.0f;    // model.rope_theta (llama)
+  int tie_embeddings = -1;        // model.tie_embeddings (-1 = arch default: gpt2 yes, llama no)
+  float init_std = 0.02f;         // model.init_std (residual projections scaled by 1/sqrt(2L))
+
+  // Derived, valid after Config::Validate().
+  int64_t padded_vocab() const;
+  int64_t head_dim() const { return d_model / n_head; }
+  int64_t kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
+  int64_t ff_dim() const { return d_ff > 0 ? d_ff : 4 * d_model; }
+  bool tied() const { return tie_embeddings < 0 ? arch == Arch::kGpt2 : tie_embeddings != 0; }
+};
+
+enum class LrDecay { kCosine, kLinear, kConstant };
+
+struct TrainConfig {
+  uint64_t seed = 1234;             // train.seed
+  int64_t micro_batch_size = 4;     // train.micro_batch_size
+  int64_t global_batch_size = 0;    // train.global_batch_size (0 = micro_batch_size * dp)
+  int64_t steps = 100;              // train.steps (optimizer steps, Megatron train-iters)
+  float lr = 3e-4f;                 // train.lr
+  float min_lr = 3e-5f;             // train.min_lr
+  int64_t warmup_steps = 10;        // train.warmup_steps
+  LrDecay lr_decay = LrDecay::kCosine;  // train.lr_decay: cosine | linear | constant
+  float weight_decay = 0.1f;        // train.weight_decay (never on norms or biases)
+  float beta1 = 0.9f;               // train.beta1
+  float beta2 = 0.95f;              // train.beta2
+  float adam_eps = 1e-8f;           // train.adam_eps
+  float grad_clip = 1.0f;           // train.grad_clip (<= 0 disables)
+  int64_t log_interval = 1;         // train.log_interval
+  int64_t eval_interval = 0;        // train.eval_interval (0 = never)
+  int64_t eval_iters = 10;          // train.eval_iters (micro-batches per evaluation)
+  std::string metrics_file;         // train.metrics_file (JSONL, one object per step)
+  std::string init_weights;         // train.init_weights (safetensors to start from)
+  std::string save_weights;         // train.save_weights (safetensors written at the end)
+  int threads = 0;                  // train.threads (0 = all cores)
+};
+
+struct DataConfig {
+  std::string tokenizer;            // data.tokenizer: path to tokenizer.json, or "byte"
+  // data.train / data.val: a dataset prefix or file (Megatron .bin/.idx prefix, llm.c shard,
+  // nanoGPT .bin, or a text file for the byte tokenizer) ...
+  std::string train;
+  std::string val;
+  // ... or data.blend: [[weight, prefix], ...] for training (then data.train must be empty).
+  std::vector<std::pair<double, std::string>> blend;
+};
+
+enum class PipelineSchedule { kOneFOneB, kGpipe, kInterleaved };
+
+struct ParallelConfig {
+  int64_t tp = 1;                   // parallel.tp
+  int64_t pp = 1;                   // parallel.pp
+  int64_t vpp = 1;                  // parallel.vpp (virtual stages per rank, interleaved 1F1B)
+  int64_t dp = 0;                   // parallel.dp (0 = derived: world / (tp*pp))
+  bool sequence_parallel = false;   // parallel.sequence_parallel
+  bool zero1 = false;               // parallel.zero1
+  PipelineSchedule schedule = PipelineSchedule::kOneFOneB;  // parallel.schedule: 1f1b|gpipe|interleaved
+};
+
+struct Config {
+  int version = 1;
+  ModelConfig model;
+  TrainConfig train;
+  DataConfig data;
+  ParallelConfig parallel;
+
+  // Checks every invariant that does not need the world size; messages name key and numbers.
+  absl::Status Validate() const;
+  // Checks the layout against the world size (and derives dp when it is 0).
+  absl::Status ValidateLayout(int64_t world_size);
+  // The config as YAML (every key, after defaults), for logs and checkpoints.
+  std::string ToYaml() const;
+};
+
+// Loads `path` (may be empty: all defaults), applies `overrides` ("a.b=value", in order), and
+// validates. Errors name the file, the key and the value.
+absl::StatusOr<Config> LoadConfig(const std::string& path,
+                                  const std::vector<std::string>& overrides);
+// The same from YAML text (tests).
+absl::StatusOr<Config> ParseConfig(absl::string_view yaml_text,
+                                   const std::vector<std::string>& overrides,
+                                   absl::string_view source_name = "<string>");
+
+}  // namespace lattice
+
+#endif  // LATTICE_RUNTIME_CONFIG_H_
