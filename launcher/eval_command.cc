@@ -1,9 +1,79 @@
+#include <cmath>
+#include <cstdio>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
 #include "launcher/commands.h"
+#include "launcher/options.h"
+#include "launcher/trainer.h"
+#include "nlohmann/json.hpp"
+#include "runtime/safetensors.h"
+#include "runtime/token_file.h"
 
 namespace lattice {
 
+namespace po = boost::program_options;
+
+// Mean loss of `weights` over every full stride-T window of `data`, in file order. With
+// --grads-out, also the gradient of that mean loss with respect to every parameter (used by the
+// PyTorch oracle test and for debugging).
 absl::Status RunEvalCommand(const CommandArgs& args) {
-  return absl::UnimplementedError("lattice eval: not implemented yet");
+  po::options_description desc("lattice eval");
+  std::string config, weights, data, grads_out;
+  std::vector<std::string> sets;
+  int64_t max_samples = 0;
+  desc.add_options()("config", po::value(&config)->required(), "YAML config file")(
+      "weights", po::value(&weights)->required(), "model.safetensors")(
+      "data", po::value(&data)->required(), "token file or Megatron prefix")(
+      "max-samples", po::value(&max_samples)->default_value(0), "evaluate at most this many samples (0 = all)")(
+      "grads-out", po::value(&grads_out), "also write d(mean loss)/d(parameter) as safetensors")(
+      "set", po::value(&sets)->composing(), "override a config key");
+  po::variables_map vm;
+  bool help;
+  LATTICE_RETURN_IF_ERROR(ParseOptions("eval", args, desc, vm, &help));
+  if (help) return absl::OkStatus();
+  LATTICE_ASSIGN_OR_RETURN(Config cfg, LoadConfig(config, sets));
+  LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<TokenSource> source, OpenTokenSource(data));
+  LATTICE_RETURN_IF_ERROR(source->Validate(cfg.model.vocab_size));
+  const int64_t t = cfg.model.seq_len;
+  int64_t samples = source->num_tokens() > 0 ? (source->num_tokens() - 1) / t : 0;
+  if (max_samples > 0) samples = std::min(samples, max_samples);
+  if (samples == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(data, ": ", source->num_tokens(),
+                                                   " tokens is less than one sample of model.seq_len+1=",
+                                                   t + 1));
+  }
+  const int64_t mbs = cfg.train.micro_batch_size;
+  LATTICE_ASSIGN_OR_RETURN(auto model, Decoder::Create(cfg.model, mbs));
+  LATTICE_RETURN_IF_ERROR(LoadWeights(*model, weights));
+  const bool grads = !grads_out.empty();
+  model->params().ZeroGrads();
+  const float dloss = 1.0f / static_cast<float>(samples * t);
+  double sum = 0;
+  int64_t count = 0;
+  std::vector<int32_t> window(t + 1), inputs(mbs * t), targets(mbs * t);
+  for (int64_t first = 0; first < samples; first += mbs) {
+    const int64_t b = std::min(mbs, samples - first);
+    for (int64_t i = 0; i < b; ++i) {
+      LATTICE_RETURN_IF_ERROR(source->Read((first + i) * t, t + 1, window.data()));
+      std::copy(window.begin(), window.begin() + t, inputs.begin() + i * t);
+      std::copy(window.begin() + 1, window.end(), targets.begin() + i * t);
+    }
+    ForwardResult r = model->Forward(inputs.data(), targets.data(), nullptr, b, t);
+    sum += r.loss_sum;
+    count += r.num_tokens;
+    if (grads) model->Backward(dloss);
+  }
+  const double loss = sum / static_cast<double>(count);
+  if (grads) {
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const Parameter& p : model->params().params()) tensors.emplace_back(p.name, p.grad);
+    LATTICE_RETURN_IF_ERROR(WriteSafetensors(grads_out, tensors, {{"format", "pt"}}));
+  }
+  nlohmann::json j = {{"loss", loss}, {"ppl", std::exp(loss)}, {"tokens", count},
+                      {"samples", samples}, {"data", data}, {"weights", weights}};
+  std::printf("%s\n", j.dump().c_str());
+  return absl::OkStatus();
 }
 
 }  // namespace lattice

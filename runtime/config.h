@@ -39,6 +39,8 @@ struct ModelConfig {
   int64_t kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   int64_t ff_dim() const { return d_ff > 0 ? d_ff : 4 * d_model; }
   bool tied() const { return tie_embeddings < 0 ? arch == Arch::kGpt2 : tie_embeddings != 0; }
+
+  bool operator==(const ModelConfig&) const = default;
 };
 
 enum class LrDecay { kCosine, kLinear, kConstant };
@@ -64,6 +66,8 @@ struct TrainConfig {
   std::string init_weights;         // train.init_weights (safetensors to start from)
   std::string save_weights;         // train.save_weights (safetensors written at the end)
   int threads = 0;                  // train.threads (0 = all cores)
+
+  bool operator==(const TrainConfig&) const = default;
 };
 
 struct DataConfig {
@@ -74,6 +78,8 @@ struct DataConfig {
   std::string val;
   // ... or data.blend: [[weight, prefix], ...] for training (then data.train must be empty).
   std::vector<std::pair<double, std::string>> blend;
+
+  bool operator==(const DataConfig&) const = default;
 };
 
 enum class PipelineSchedule { kOneFOneB, kGpipe, kInterleaved };
@@ -86,6 +92,8 @@ struct ParallelConfig {
   bool sequence_parallel = false;   // parallel.sequence_parallel
   bool zero1 = false;               // parallel.zero1
   PipelineSchedule schedule = PipelineSchedule::kOneFOneB;  // parallel.schedule: 1f1b|gpipe|interleaved
+
+  bool operator==(const ParallelConfig&) const = default;
 };
 
 struct Config {
@@ -101,6 +109,9 @@ struct Config {
   absl::Status ValidateLayout(int64_t world_size);
   // The config as YAML (every key, after defaults), for logs and checkpoints.
   std::string ToYaml() const;
+
+  // Field-wise equality (floats compared exactly: ToYaml() round-trips them bit for bit).
+  bool operator==(const Config&) const = default;
 };
 
 // Loads `path` (may be empty: all defaults), applies `overrides` ("a.b=value", in order), and

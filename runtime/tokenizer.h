@@ -1,7 +1,10 @@
 // Byte-level BPE tokenizer compatible with Hugging Face `tokenizer.json` files (GPT-2 and
 // Llama-3 style pre-tokenizers), plus a trivial byte tokenizer (ids 0..255).
 //
-// Ids are exactly those the `tokenizers` library produces for the same file and text.
+// Ids are exactly those the `tokenizers` library produces for the same file and text with
+// `encode(text, add_special_tokens=False)`: the post-processor (a template that adds BOS, say) is
+// not applied; callers add document separators themselves. Decode equals `tokenizers`'
+// `decode(ids, skip_special_tokens=False)`. runtime/tokenizer.cc lists what is supported.
 #ifndef LATTICE_RUNTIME_TOKENIZER_H_
 #define LATTICE_RUNTIME_TOKENIZER_H_
 
@@ -44,6 +47,11 @@ class Tokenizer {
   // The end-of-text/document token: "<|endoftext|>" (GPT-2), "<|end_of_text|>" (Llama-3),
   // "</s>", or 256 for the byte tokenizer. nullopt if the tokenizer has none.
   virtual std::optional<int32_t> eot_id() const = 0;
+
+  // Encodes each text on up to `num_threads` threads (0: one per core); result[i] is
+  // Encode(texts[i]).
+  std::vector<std::vector<int32_t>> EncodeBatch(absl::Span<const absl::string_view> texts,
+                                                int num_threads) const;
 };
 
 }  // namespace lattice

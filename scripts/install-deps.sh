@@ -15,7 +15,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   openmpi-bin libopenmpi-dev
   bible-kjv
-  python3 python3-venv python3-pip python3-numpy python3-torch
+  python3 python3-venv python3-pip python3-numpy python3-yaml python3-torch
 )
 
 missing=()

@@ -1,0 +1,232 @@
+#include "launcher/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "kernels/grad_norm.h"
+#include "kernels/matmul.h"
+#include "nlohmann/json.hpp"
+#include "runtime/dataset.h"
+#include "runtime/safetensors.h"
+
+namespace lattice {
+
+absl::Status BatchReader::Read(int64_t first, int64_t b, MicroBatch& out) const {
+  out.b = b;
+  out.t = seq_len_;
+  out.inputs.resize(b * seq_len_);
+  out.targets.resize(b * seq_len_);
+  return samples_->GetBatch(first, b, out.inputs.data(), out.targets.data());
+}
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg) {
+  std::unique_ptr<Trainer> tr(new Trainer(cfg));
+  Config& c = tr->cfg_;
+  LATTICE_RETURN_IF_ERROR(c.ValidateLayout(1));
+  if (c.train.threads > 0) kernels::cpu::SetNumThreads(c.train.threads);
+  const int64_t mbs = c.train.micro_batch_size;
+  const int64_t gbs = c.train.global_batch_size > 0 ? c.train.global_batch_size : mbs;
+  tr->micro_batches_ = gbs / mbs;
+
+  LATTICE_ASSIGN_OR_RETURN(tr->model_, Decoder::Create(c.model, mbs));
+  if (!c.train.init_weights.empty()) {
+    LATTICE_RETURN_IF_ERROR(LoadWeights(*tr->model_, c.train.init_weights));
+  } else {
+    tr->model_->InitializeWeights(c.train.seed);
+  }
+  tr->optimizer_ = std::make_unique<AdamW>(tr->model_->params(), c.train);
+
+  DatasetOptions data = DatasetOptions::FromConfig(c);
+  // Without data.val there is no evaluation (rather than silently training on less data).
+  if (c.data.val.empty()) data.val_fraction = 0;
+  LATTICE_ASSIGN_OR_RETURN(Datasets streams, OpenDatasets(data));
+  tr->train_ = std::make_unique<BatchReader>(streams.train, c.model.seq_len);
+  if (streams.val) tr->val_ = std::make_unique<BatchReader>(streams.val, c.model.seq_len);
+  tr->batches_.resize(tr->micro_batches_);
+
+  if (!c.train.metrics_file.empty()) {
+    tr->metrics_ = std::fopen(c.train.metrics_file.c_str(), "w");
+    if (tr->metrics_ == nullptr) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("train.metrics_file: cannot open '", c.train.metrics_file, "' for writing"));
+    }
+  }
+  return tr;
+}
+
+absl::StatusOr<StepMetrics> Trainer::Step() {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  const int64_t mbs = cfg_.train.micro_batch_size;
+  StepMetrics m;
+  m.step = optimizer_->step() + 1;
+  m.lr = LearningRate(cfg_.train, m.step);
+
+  // Read the whole global batch first: the loss is the mean over every counted target of the
+  // global batch (not a mean of micro-batch means), so the result is independent of how the
+  // batch is split into micro-batches and ranks.
+  int64_t total_tokens = 0;
+  for (int64_t i = 0; i < micro_batches_; ++i) {
+    LATTICE_RETURN_IF_ERROR(train_->Read(consumed_samples_ + i * mbs, mbs, batches_[i]));
+    for (int32_t tgt : batches_[i].targets) total_tokens += tgt >= 0 ? 1 : 0;
+  }
+  model_->params().ZeroGrads();
+  double loss_sum = 0;
+  const float dloss = total_tokens > 0 ? 1.0f / static_cast<float>(total_tokens) : 0.0f;
+  for (const MicroBatch& mb : batches_) {
+    ForwardResult r = model_->Forward(mb.inputs.data(), mb.targets.data(), nullptr, mb.b, mb.t);
+    loss_sum += r.loss_sum;
+    model_->Backward(dloss);
+  }
+  m.loss = total_tokens > 0 ? loss_sum / static_cast<double>(total_tokens) : 0.0;
+  m.grad_norm = GlobalGradNorm(model_->params());
+  if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm)) {
+    // Megatron's behaviour: skip the update, count the iteration, keep going.
+    m.skipped = true;
+    ++nan_iterations_;
+    optimizer_->set_step(optimizer_->step() + 1);
+  } else {
+    const float clip = kernels::cpu::ClipCoefficient(m.grad_norm, cfg_.train.grad_clip);
+    optimizer_->Step(model_->params(), m.lr, clip);
+  }
+  consumed_samples_ += micro_batches_ * mbs;
+  const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  const double tokens = static_cast<double>(micro_batches_ * mbs * cfg_.model.seq_len);
+  m.step_ms = ms;
+  m.tokens_per_s = tokens / (ms / 1000.0);
+  m.tflops = model_->FlopsPerToken(cfg_.model.seq_len) * m.tokens_per_s / 1e12;
+  m.consumed_samples = consumed_samples_;
+  return m;
+}
+
+absl::StatusOr<double> Trainer::Evaluate() {
+  if (!val_) return absl::FailedPreconditionError("no validation data (data.val)");
+  const int64_t mbs = cfg_.train.micro_batch_size;
+  double sum = 0;
+  int64_t count = 0;
+  MicroBatch mb;
+  for (int64_t i = 0; i < cfg_.train.eval_iters; ++i) {
+    LATTICE_RETURN_IF_ERROR(val_->Read(i * mbs, mbs, mb));
+    ForwardResult r = model_->Forward(mb.inputs.data(), mb.targets.data(), nullptr, mb.b, mb.t);
+    sum += r.loss_sum;
+    count += r.num_tokens;
+  }
+  return count > 0 ? sum / static_cast<double>(count) : 0.0;
+}
+
+absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss) {
+  if (metrics_ == nullptr) return absl::OkStatus();
+  nlohmann::json j = {{"step", m.step},
+                      {"loss", m.loss},
+                      {"lr", m.lr},
+                      {"grad_norm", m.grad_norm},
+                      {"tokens_per_s", m.tokens_per_s},
+                      {"step_ms", m.step_ms},
+                      {"tflops", m.tflops},
+                      {"consumed_samples", m.consumed_samples},
+                      {"skipped", m.skipped}};
+  if (val_loss != nullptr) {
+    j["val_loss"] = *val_loss;
+    j["val_ppl"] = std::exp(*val_loss);
+  }
+  const std::string line = j.dump() + "\n";
+  if (std::fputs(line.c_str(), metrics_) < 0 || std::fflush(metrics_) != 0) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("train.metrics_file: write to '", cfg_.train.metrics_file, "' failed"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::Run() {
+  const ModelConfig& mc = cfg_.model;
+  const int64_t gbs = micro_batches_ * cfg_.train.micro_batch_size;
+  std::printf("lattice train: %s model, %lld parameters (%lld in matmuls), layout dp=1 tp=1 pp=1\n",
+              mc.arch == Arch::kGpt2 ? "gpt2" : "llama",
+              static_cast<long long>(model_->params().numel()),
+              static_cast<long long>(model_->num_matmul_params()));
+  std::printf(
+      "lattice train: micro batch %lld x %lld micro-batches = global batch %lld, seq_len %lld\n",
+      static_cast<long long>(cfg_.train.micro_batch_size), static_cast<long long>(micro_batches_),
+      static_cast<long long>(gbs), static_cast<long long>(mc.seq_len));
+  std::printf(
+      "lattice train: memory per rank: parameters %.2f MiB, gradients %.2f MiB, optimizer state "
+      "%.2f MiB, activations %.2f MiB per micro-batch (+ %.2f MiB backward scratch)\n",
+      model_->params().numel() * 4 / 1048576.0, model_->params().numel() * 4 / 1048576.0,
+      optimizer_->state_bytes() / 1048576.0, model_->activation_bytes() / 1048576.0,
+      model_->scratch_bytes() / 1048576.0);
+  std::fflush(stdout);
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t s = optimizer_->step(); s < cfg_.train.steps; ++s) {
+    LATTICE_ASSIGN_OR_RETURN(StepMetrics m, Step());
+    double val_loss = 0;
+    bool have_val = false;
+    if (val_ && cfg_.train.eval_interval > 0 &&
+        (m.step % cfg_.train.eval_interval == 0 || m.step == cfg_.train.steps)) {
+      LATTICE_ASSIGN_OR_RETURN(val_loss, Evaluate());
+      have_val = true;
+    }
+    if (cfg_.train.log_interval > 0 &&
+        (m.step % cfg_.train.log_interval == 0 || m.step == cfg_.train.steps || m.step == 1)) {
+      std::printf(
+          " iteration %8lld/%8lld | consumed samples: %12lld | elapsed time per iteration (ms): "
+          "%.1f | throughput per GPU (TFLOP/s/GPU): %.3f | tokens per second: %.0f | learning "
+          "rate: %.6E | global batch size: %5lld | lm loss: %.6E | loss scale: 1.0 | grad norm: "
+          "%.3f | number of skipped iterations: %3lld | number of nan iterations: %3lld |\n",
+          static_cast<long long>(m.step), static_cast<long long>(cfg_.train.steps),
+          static_cast<long long>(m.consumed_samples), m.step_ms, m.tflops, m.tokens_per_s, m.lr,
+          static_cast<long long>(gbs), m.loss, m.grad_norm, static_cast<long long>(m.skipped),
+          static_cast<long long>(nan_iterations_));
+    }
+    if (have_val) {
+      std::printf(" validation loss at iteration %lld | lm loss value: %.6E | lm loss PPL: %.6E |\n",
+                  static_cast<long long>(m.step), val_loss, std::exp(val_loss));
+    }
+    std::fflush(stdout);
+    LATTICE_RETURN_IF_ERROR(WriteMetrics(m, have_val ? &val_loss : nullptr));
+  }
+  const double minutes =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+  std::printf("lattice train: %lld steps in %.2f minutes\n",
+              static_cast<long long>(cfg_.train.steps), minutes);
+  if (!cfg_.train.save_weights.empty()) {
+    LATTICE_RETURN_IF_ERROR(SaveWeights(*model_, cfg_.train.save_weights));
+    std::printf("lattice train: saved weights to %s\n", cfg_.train.save_weights.c_str());
+  }
+  if (metrics_ != nullptr) std::fclose(metrics_);
+  metrics_ = nullptr;
+  return absl::OkStatus();
+}
+
+absl::Status SaveWeights(const Decoder& model, const std::string& path) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const Parameter& p : model.params().params()) tensors.emplace_back(p.name, p.value);
+  const ModelConfig& c = model.config();
+  std::map<std::string, std::string> meta = {
+      {"format", "pt"},
+      {"lattice_format_version", "1"},
+      {"arch", c.arch == Arch::kGpt2 ? "gpt2" : "llama"},
+      {"vocab_size", std::to_string(c.vocab_size)},
+      {"padded_vocab", std::to_string(c.padded_vocab())}};
+  return WriteSafetensors(path, tensors, meta);
+}
+
+absl::Status LoadWeights(Decoder& model, const std::string& path) {
+  LATTICE_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+  for (const Parameter& p : model.params().params()) {
+    LATTICE_RETURN_IF_ERROR(file->ReadInto(p.name, p.value));
+  }
+  if (file->names().size() != model.params().params().size()) {
+    for (const std::string& name : file->names()) {
+      if (model.params().Find(name) == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": tensor '", name, "' is not a parameter of this model (check model.* config)"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace lattice

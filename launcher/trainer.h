@@ -1,0 +1,90 @@
+// The single-process training loop: micro-batches with gradient accumulation, warmup + decay
+// schedule, global-norm clipping, AdamW, periodic evaluation, a Megatron-style console line and
+// a JSONL metrics file.
+#ifndef LATTICE_LAUNCHER_TRAINER_H_
+#define LATTICE_LAUNCHER_TRAINER_H_
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/decoder.h"
+#include "model/optimizer.h"
+#include "runtime/config.h"
+
+namespace lattice {
+
+class TrainingSamples;
+
+// One micro-batch of token ids: inputs (B, T) and targets (B, T) = inputs shifted by one.
+struct MicroBatch {
+  int64_t b = 0, t = 0;
+  std::vector<int32_t> inputs;
+  std::vector<int32_t> targets;
+};
+
+// Reads micro-batches of consecutive global samples from a sample stream.
+class BatchReader {
+ public:
+  BatchReader(std::shared_ptr<const TrainingSamples> samples, int64_t seq_len)
+      : samples_(std::move(samples)), seq_len_(seq_len) {}
+  // Samples [first, first + b) of the global order.
+  absl::Status Read(int64_t first, int64_t b, MicroBatch& out) const;
+
+ private:
+  std::shared_ptr<const TrainingSamples> samples_;
+  int64_t seq_len_;
+};
+
+struct StepMetrics {
+  int64_t step = 0;
+  double loss = 0;
+  float lr = 0;
+  double grad_norm = 0;
+  double step_ms = 0;
+  double tokens_per_s = 0;
+  double tflops = 0;  // achieved model TFLOP/s (REFERENCE.md section 4 convention)
+  int64_t consumed_samples = 0;
+  bool skipped = false;
+};
+
+class Trainer {
+ public:
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const Config& cfg);
+
+  // Runs cfg.train.steps optimizer steps (logging, evaluating and finally saving weights).
+  absl::Status Run();
+  // One optimizer step over the global batch starting at consumed_samples().
+  absl::StatusOr<StepMetrics> Step();
+  // Mean loss over train.eval_iters micro-batches of the validation stream.
+  absl::StatusOr<double> Evaluate();
+
+  Decoder& model() { return *model_; }
+  int64_t consumed_samples() const { return consumed_samples_; }
+
+ private:
+  explicit Trainer(const Config& cfg) : cfg_(cfg) {}
+  absl::Status WriteMetrics(const StepMetrics& m, const double* val_loss);
+
+  Config cfg_;
+  std::unique_ptr<Decoder> model_;
+  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<BatchReader> train_;
+  std::unique_ptr<BatchReader> val_;
+  int64_t micro_batches_ = 1;
+  int64_t consumed_samples_ = 0;
+  int64_t nan_iterations_ = 0;
+  FILE* metrics_ = nullptr;
+  std::vector<MicroBatch> batches_;
+};
+
+// Weights in and out as safetensors, with lattice's parameter names (model/decoder.h).
+absl::Status SaveWeights(const Decoder& model, const std::string& path);
+absl::Status LoadWeights(Decoder& model, const std::string& path);
+
+}  // namespace lattice
+
+#endif  // LATTICE_LAUNCHER_TRAINER_H_

@@ -1,0 +1,403 @@
+#include "runtime/dataset.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <tuple>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/config.h"
+#include "runtime/rng.h"
+#include "runtime/status.h"
+
+namespace lattice {
+
+namespace {
+
+// Six rounds of a Philox-keyed Feistel network: far more mixing than a shuffle needs; the
+// cost (six Philox calls per sample) is nothing next to reading T tokens.
+constexpr int kFeistelRounds = 6;
+
+}  // namespace
+
+uint64_t FeistelPermute(uint64_t x, uint64_t n, uint64_t seed, absl::string_view stream) {
+  LATTICE_CHECK(x < n);
+  if (n <= 1) return 0;
+  // A balanced network on 2 * half bits, the smallest even width that holds n - 1.
+  int bits = 64 - std::countl_zero(n - 1);
+  if (bits % 2 != 0) ++bits;
+  const int half = bits / 2;
+  const uint64_t mask = (uint64_t{1} << half) - 1;
+  const CounterRng rng(seed, stream);
+  // Cycle-walking: re-encrypt until the value falls inside [0, n). The domain is < 4n, so this
+  // takes under 4 passes on average, and it is a bijection of [0, n) because the network is one
+  // of [0, 2^bits).
+  do {
+    uint64_t left = x >> half;
+    uint64_t right = x & mask;
+    for (int r = 0; r < kFeistelRounds; ++r) {
+      const uint64_t f = rng.Bits((static_cast<uint64_t>(r) << 32) | right) & mask;
+      const uint64_t next_right = left ^ f;
+      left = right;
+      right = next_right;
+    }
+    x = (left << half) | right;
+  } while (x >= n);
+  return x;
+}
+
+// ---- DataLoaderState -------------------------------------------------------------------------
+
+std::string DataLoaderState::ToJson() const {
+  nlohmann::json j;
+  j["version"] = kVersion;
+  j["consumed_samples"] = consumed_samples;
+  j["seed"] = seed;
+  j["seq_len"] = seq_len;
+  j["sources"] = nlohmann::json::array();
+  for (const Source& s : sources) {
+    j["sources"].push_back({{"path", s.path}, {"num_tokens", s.num_tokens}, {"weight", s.weight}});
+  }
+  return j.dump();
+}
+
+absl::StatusOr<DataLoaderState> DataLoaderState::FromJson(absl::string_view json) {
+  nlohmann::json j = nlohmann::json::parse(json.begin(), json.end(), nullptr,
+                                           /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object()) {
+    return absl::InvalidArgumentError("data loader state: not a JSON object");
+  }
+  auto need = [&j](const char* key) -> absl::Status {
+    if (!j.contains(key)) {
+      return absl::InvalidArgumentError(absl::StrCat("data loader state: missing \"", key, "\""));
+    }
+    return absl::OkStatus();
+  };
+  LATTICE_RETURN_IF_ERROR(need("version"));
+  if (!j["version"].is_number_integer() || j["version"].get<int64_t>() != kVersion) {
+    return absl::InvalidArgumentError(absl::StrCat("data loader state: version ",
+                                                   j["version"].dump(), " (this build reads ",
+                                                   kVersion, ")"));
+  }
+  DataLoaderState s;
+  for (const char* key : {"consumed_samples", "seed", "seq_len"}) {
+    LATTICE_RETURN_IF_ERROR(need(key));
+    if (!j[key].is_number_integer()) {
+      return absl::InvalidArgumentError(absl::StrCat("data loader state: \"", key,
+                                                     "\" must be an integer, got ", j[key].dump()));
+    }
+  }
+  s.consumed_samples = j["consumed_samples"].get<int64_t>();
+  s.seed = j["seed"].get<uint64_t>();
+  s.seq_len = j["seq_len"].get<int64_t>();
+  if (s.consumed_samples < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("data loader state: consumed_samples ",
+                                                   s.consumed_samples, " is negative"));
+  }
+  LATTICE_RETURN_IF_ERROR(need("sources"));
+  if (!j["sources"].is_array()) {
+    return absl::InvalidArgumentError("data loader state: \"sources\" must be an array");
+  }
+  for (const auto& e : j["sources"]) {
+    if (!e.is_object() || !e.contains("path") || !e["path"].is_string() ||
+        !e.contains("num_tokens") || !e["num_tokens"].is_number_integer() ||
+        !e.contains("weight") || !e["weight"].is_number()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "data loader state: each source needs path, num_tokens, weight; got ", e.dump()));
+    }
+    s.sources.push_back({e["path"].get<std::string>(), e["num_tokens"].get<int64_t>(),
+                         e["weight"].get<double>()});
+  }
+  return s;
+}
+
+// ---- TrainingSamples -------------------------------------------------------------------------
+
+absl::StatusOr<std::unique_ptr<TrainingSamples>> TrainingSamples::Create(
+    std::vector<WeightedSource> sources, const SampleOptions& options) {
+  if (options.seq_len < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("seq_len must be >= 1, got ", options.seq_len));
+  }
+  if (sources.empty()) return absl::InvalidArgumentError("no data sources given");
+  if (sources.size() > 255) {
+    return absl::InvalidArgumentError(absl::StrCat("at most 255 blended sources, got ",
+                                                   sources.size()));
+  }
+  std::unique_ptr<TrainingSamples> t(new TrainingSamples());
+  t->options_ = options;
+  double total = 0.0;
+  for (size_t i = 0; i < sources.size(); ++i) {
+    const WeightedSource& s = sources[i];
+    if (s.source == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("data source ", i, " is null"));
+    }
+    if (!std::isfinite(s.weight) || s.weight <= 0.0) {
+      return absl::InvalidArgumentError(absl::StrCat("blend weight ", s.weight, " of ",
+                                                     s.source->path(),
+                                                     " must be finite and > 0"));
+    }
+    const int64_t n = s.source->num_tokens();
+    if (n < options.seq_len + 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          s.source->path(), " has ", n, " tokens, fewer than the seq_len + 1 = ",
+          options.seq_len + 1, " that one ", options.name, " sample needs"));
+    }
+    total += s.weight;
+    t->samples_per_epoch_.push_back((n - 1) / options.seq_len);
+    t->shuffle_streams_.push_back(absl::StrCat(options.name, ".", i));
+  }
+  for (const WeightedSource& s : sources) t->weights_.push_back(s.weight / total);
+  t->sources_ = std::move(sources);
+  t->block_counts_.assign(t->sources_.size(), 0);  // block 0 starts with zero counts
+  t->cached_which_.resize(kBlendBlock);
+  t->cached_local_.resize(kBlendBlock);
+  return t;
+}
+
+void TrainingSamples::SimulateBlock(int64_t block, std::vector<int64_t>* counts, uint8_t* which,
+                                    int64_t* local) const {
+  const size_t k = weights_.size();
+  const int64_t first = block * kBlendBlock;
+  for (int64_t i = 0; i < kBlendBlock; ++i) {
+    const double n = static_cast<double>(first + i + 1);
+    size_t best = 0;
+    double best_deficit = weights_[0] * n - static_cast<double>((*counts)[0]);
+    for (size_t d = 1; d < k; ++d) {
+      const double deficit = weights_[d] * n - static_cast<double>((*counts)[d]);
+      if (deficit > best_deficit) {
+        best = d;
+        best_deficit = deficit;
+      }
+    }
+    if (which != nullptr) {
+      which[i] = static_cast<uint8_t>(best);
+      local[i] = (*counts)[best];
+    }
+    ++(*counts)[best];
+  }
+}
+
+std::pair<int, int64_t> TrainingSamples::Assign(int64_t global_index) const {
+  if (sources_.size() == 1) return {0, global_index};
+  const size_t k = sources_.size();
+  const int64_t block = global_index / kBlendBlock;
+  std::lock_guard<std::mutex> lock(blend_mu_);
+  if (cached_block_ != block) {
+    int64_t known = static_cast<int64_t>(block_counts_.size() / k);  // blocks with start counts
+    std::vector<int64_t> counts(block_counts_.end() - k, block_counts_.end());
+    while (known <= block) {
+      SimulateBlock(known - 1, &counts, nullptr, nullptr);
+      block_counts_.insert(block_counts_.end(), counts.begin(), counts.end());
+      ++known;
+    }
+    counts.assign(block_counts_.begin() + block * k, block_counts_.begin() + (block + 1) * k);
+    SimulateBlock(block, &counts, cached_which_.data(), cached_local_.data());
+    cached_block_ = block;
+  }
+  const int64_t i = global_index % kBlendBlock;
+  return {cached_which_[i], cached_local_[i]};
+}
+
+TrainingSamples::Location TrainingSamples::Locate(int64_t global_index) const {
+  LATTICE_CHECK(global_index >= 0);
+  Location loc;
+  std::tie(loc.source, loc.local_index) = Assign(global_index);
+  const int64_t per_epoch = samples_per_epoch_[loc.source];
+  loc.epoch = loc.local_index / per_epoch;
+  const int64_t pos = loc.local_index % per_epoch;
+  loc.window = static_cast<int64_t>(FeistelPermute(
+      static_cast<uint64_t>(pos), static_cast<uint64_t>(per_epoch), options_.seed,
+      absl::StrCat("lattice.data.", shuffle_streams_[loc.source], ".epoch", loc.epoch)));
+  return loc;
+}
+
+absl::Status TrainingSamples::Get(int64_t global_index, int32_t* out) const {
+  if (global_index < 0) {
+    return absl::OutOfRangeError(absl::StrCat("sample index ", global_index, " is negative"));
+  }
+  const Location loc = Locate(global_index);
+  const TokenSource& src = *sources_[loc.source].source;
+  const int64_t T = options_.seq_len;
+  const int64_t begin = loc.window * T;
+  LATTICE_RETURN_IF_ERROR(src.Read(begin, T + 1, out));
+  if (options_.vocab_size > 0) {
+    for (int64_t i = 0; i <= T; ++i) {
+      if (out[i] >= options_.vocab_size) {
+        return absl::DataLossError(absl::StrCat(
+            src.path(), ": token at position ", src.FileOffset(begin + i), " has id ", out[i],
+            ", which is >= vocab_size ", options_.vocab_size, " (", options_.name, " sample ",
+            global_index, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status TrainingSamples::GetBatch(int64_t first_global_index, int64_t batch, int32_t* inputs,
+                                       int32_t* targets) const {
+  const int64_t T = options_.seq_len;
+  std::vector<int32_t> sample(static_cast<size_t>(T + 1));  // (T + 1,)
+  for (int64_t b = 0; b < batch; ++b) {
+    LATTICE_RETURN_IF_ERROR(Get(first_global_index + b, sample.data()));
+    std::copy(sample.begin(), sample.begin() + T, inputs + b * T);
+    std::copy(sample.begin() + 1, sample.end(), targets + b * T);
+  }
+  return absl::OkStatus();
+}
+
+DataLoaderState TrainingSamples::State(int64_t consumed_samples) const {
+  DataLoaderState s;
+  s.consumed_samples = consumed_samples;
+  s.seed = options_.seed;
+  s.seq_len = options_.seq_len;
+  for (size_t i = 0; i < sources_.size(); ++i) {
+    s.sources.push_back({sources_[i].source->path(), sources_[i].source->num_tokens(),
+                         weights_[i]});
+  }
+  return s;
+}
+
+absl::Status TrainingSamples::CheckState(const DataLoaderState& state) const {
+  if (state.seed != options_.seed) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpointed data order used seed ",
+                                                   state.seed, ", the config has ",
+                                                   options_.seed));
+  }
+  if (state.seq_len != options_.seq_len) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpointed data used seq_len ",
+                                                   state.seq_len, ", the config has ",
+                                                   options_.seq_len));
+  }
+  if (state.sources.size() != sources_.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpointed data had ", state.sources.size(),
+                                                   " sources, now there are ", sources_.size()));
+  }
+  for (size_t i = 0; i < sources_.size(); ++i) {
+    const DataLoaderState::Source& s = state.sources[i];
+    if (s.num_tokens != sources_[i].source->num_tokens()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "data source ", i, " (", sources_[i].source->path(), ") has ",
+          sources_[i].source->num_tokens(), " tokens, the checkpoint's (", s.path, ") had ",
+          s.num_tokens, ": a different dataset would give different samples"));
+    }
+    if (std::fabs(s.weight - weights_[i]) > 1e-12) {
+      return absl::InvalidArgumentError(absl::StrCat("blend weight of source ", i, " (",
+                                                     sources_[i].source->path(), ") is ",
+                                                     weights_[i], ", the checkpoint's is ",
+                                                     s.weight));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---- SampleStream ----------------------------------------------------------------------------
+
+SampleStream::SampleStream(std::shared_ptr<const TrainingSamples> samples, int64_t dp_rank,
+                           int64_t dp_size, int64_t micro_batch)
+    : samples_(std::move(samples)), dp_rank_(dp_rank), dp_size_(dp_size),
+      micro_batch_(micro_batch) {
+  LATTICE_CHECK(samples_ != nullptr);
+  LATTICE_CHECK(dp_size_ >= 1 && dp_rank_ >= 0 && dp_rank_ < dp_size_);
+  LATTICE_CHECK(micro_batch_ >= 1);
+}
+
+absl::Status SampleStream::Next(int32_t* inputs, int32_t* targets) {
+  LATTICE_RETURN_IF_ERROR(
+      samples_->GetBatch(next_global_index(), micro_batch_, inputs, targets));
+  consumed_ += micro_batch_ * dp_size_;
+  return absl::OkStatus();
+}
+
+absl::Status SampleStream::Restore(const DataLoaderState& state) {
+  LATTICE_RETURN_IF_ERROR(samples_->CheckState(state));
+  consumed_ = state.consumed_samples;
+  return absl::OkStatus();
+}
+
+// ---- Splits and config -----------------------------------------------------------------------
+
+absl::StatusOr<std::pair<std::shared_ptr<const TokenSource>, std::shared_ptr<const TokenSource>>>
+SplitTrainVal(std::shared_ptr<const TokenSource> source, double val_fraction) {
+  if (!(val_fraction > 0.0 && val_fraction < 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("validation fraction ", val_fraction,
+                                                   " must be in (0, 1)"));
+  }
+  LATTICE_ASSIGN_OR_RETURN(absl::Span<const int64_t> starts, source->DocumentStarts());
+  const int64_t docs = static_cast<int64_t>(starts.size()) - 1;
+  if (docs < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source->path(), " has ", std::max<int64_t>(docs, 0),
+        " document(s), too few to split off a validation set by documents; give data.val"));
+  }
+  int64_t val_docs = static_cast<int64_t>(std::llround(static_cast<double>(docs) * val_fraction));
+  val_docs = std::clamp<int64_t>(val_docs, 1, docs - 1);
+  LATTICE_ASSIGN_OR_RETURN(std::shared_ptr<const TokenSource> train,
+                           DocumentRange(source, 0, docs - val_docs));
+  LATTICE_ASSIGN_OR_RETURN(std::shared_ptr<const TokenSource> val,
+                           DocumentRange(source, docs - val_docs, docs));
+  return std::make_pair(std::move(train), std::move(val));
+}
+
+DatasetOptions DatasetOptions::FromConfig(const Config& config) {
+  DatasetOptions o;
+  o.train = config.data.train;
+  o.blend = config.data.blend;
+  o.val = config.data.val;
+  o.seq_len = config.model.seq_len;
+  o.seed = config.train.seed;
+  o.vocab_size = config.model.vocab_size;
+  return o;
+}
+
+absl::StatusOr<Datasets> OpenDatasets(const DatasetOptions& options) {
+  std::vector<std::pair<double, std::string>> entries = options.blend;
+  if (!options.train.empty()) {
+    if (!entries.empty()) {
+      return absl::InvalidArgumentError(
+          "data.train and data.blend are both set; give one of them");
+    }
+    entries.push_back({1.0, options.train});
+  }
+  if (entries.empty()) {
+    return absl::InvalidArgumentError("no training data: set data.train or data.blend");
+  }
+  std::vector<WeightedSource> train, val;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const auto& [weight, path] = entries[i];
+    const std::string key =
+        options.train.empty() ? absl::StrCat("data.blend[", i, "]") : std::string("data.train");
+    auto opened = OpenTokenSource(path, options.source_options);
+    if (!opened.ok()) return Annotate(opened.status(), key);
+    std::shared_ptr<const TokenSource> src = std::move(*opened);
+    if (options.val.empty() && options.val_fraction > 0.0) {
+      auto split = SplitTrainVal(src, options.val_fraction);
+      if (!split.ok()) return Annotate(split.status(), key);
+      auto parts = std::move(*split);
+      train.push_back({weight, std::move(parts.first)});
+      val.push_back({weight, std::move(parts.second)});
+    } else {
+      train.push_back({weight, std::move(src)});
+    }
+  }
+  if (!options.val.empty()) {
+    auto opened = OpenTokenSource(options.val, options.source_options);
+    if (!opened.ok()) return Annotate(opened.status(), "data.val");
+    std::shared_ptr<const TokenSource> src = std::move(*opened);
+    val.push_back({1.0, std::move(src)});
+  }
+  Datasets out;
+  SampleOptions so;
+  so.seq_len = options.seq_len;
+  so.seed = options.seed;
+  so.vocab_size = options.vocab_size;
+  so.name = "train";
+  LATTICE_ASSIGN_OR_RETURN(out.train, TrainingSamples::Create(std::move(train), so));
+  if (!val.empty()) {
+    so.name = "val";
+    LATTICE_ASSIGN_OR_RETURN(out.val, TrainingSamples::Create(std::move(val), so));
+  }
+  return out;
+}
+
+}  // namespace lattice
