@@ -1,6 +1,7 @@
 #include <cmath>
 
 #include "kernels/adamw.h"
+#include "kernels/math_cpu.h"
 #include "runtime/status.h"
 
 namespace lattice::kernels::cpu {
@@ -12,6 +13,8 @@ void AdamWUpdate(float* param, const float* grad, float* m, float* v, int64_t n,
   // torch's order (torch.optim.AdamW, single-tensor path):
   //   param *= 1 - lr*wd ; m = m*b1 + g*(1-b1) ; v = v*b2 + (1-b2)*g*g
   //   denom = sqrt(v) / sqrt(bc2) + eps ; param += -(lr/bc1) * m / denom
+  // One fused pass over the four arrays (torch makes about seven). GCC keeps it scalar: sqrt
+  // may set errno unless the whole build uses -fno-math-errno; the pass is memory-bound anyway.
   const double lr = args.lr;
   const double beta1 = args.beta1;
   const double beta2 = args.beta2;
@@ -27,7 +30,7 @@ void AdamWUpdate(float* param, const float* grad, float* m, float* v, int64_t n,
   const float bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
   const float eps = args.eps;
   const float grad_scale = args.grad_scale;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(n))
   for (int64_t i = 0; i < n; ++i) {
     const float g = grad[i] * grad_scale;
     const float mi = m[i] * b1 + g * one_minus_b1;

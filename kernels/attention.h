@@ -18,7 +18,8 @@ void AttentionBackward(float* dqkv, float* datt, const float* dout, const float*
 
 // One decoding step against a KV cache (generation). q (H*D) is the new token's query;
 // k_cache, v_cache (T_ctx, KVH, D) hold positions [0, len) including the new token.
-// out (H*D). scratch needs len floats per thread... it is allocated internally.
+// out (H*D). Equals row len-1 of AttentionForward over the same q/k/v, bit for bit. The
+// probabilities (H*len floats) live in a buffer kept per calling thread, grown as len grows.
 void AttentionDecode(float* out, const float* q, const float* k_cache, const float* v_cache,
                      int64_t len, int64_t h, int64_t kvh, int64_t d);
 

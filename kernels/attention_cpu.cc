@@ -64,7 +64,8 @@ void AttentionForward(float* out, float* att, const float* qkv, int64_t b, int64
   // One task per (b, h, query row); static schedule with chunk 1 deals the rows of every head
   // round-robin, which balances the triangular (causal) cost across threads.
   const int64_t tasks = b * h * t;
-#pragma omp parallel for schedule(static, 1)
+  const int64_t work = tasks * t * d;
+#pragma omp parallel for schedule(static, 1) if (internal::Parallel(work))
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t ti = task % t;
     const int64_t hi = (task / t) % h;
@@ -93,7 +94,8 @@ void AttentionBackward(float* dqkv, float* datt, const float* dout, const float*
   //   dq_t += scale * sum_j dpre[t, j] k_j
   // dpre is left in datt for phase 2.
   const int64_t q_tasks = b * h * t;
-#pragma omp parallel
+  const int64_t work = q_tasks * t * d;
+#pragma omp parallel if (internal::Parallel(work))
   {
     std::vector<float> acc(d);
 #pragma omp for schedule(static, 1)
@@ -134,7 +136,7 @@ void AttentionBackward(float* dqkv, float* datt, const float* dout, const float*
   //   dv_j += sum_{h in group} sum_{t >= j} att_h[t, j] dout_{h,t}
   const int64_t blocks = (t + kKvBlock - 1) / kKvBlock;
   const int64_t kv_tasks = b * kvh * blocks;
-#pragma omp parallel
+#pragma omp parallel if (internal::Parallel(work))
   {
     std::vector<float> acc(2 * kKvBlock * d);
 #pragma omp for schedule(static, 1)
@@ -192,7 +194,7 @@ void AttentionDecode(float* out, const float* q, const float* k_cache, const flo
   thread_local std::vector<float> probs;
   if (static_cast<int64_t>(probs.size()) < h * len) probs.resize(h * len);
   float* p = probs.data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(h * len * d))
   for (int64_t hi = 0; hi < h; ++hi) {
     const int64_t g = hi / group;
     AttendOne(out + hi * d, p + hi * len, q + hi * d, k_cache + g * d, v_cache + g * d, kvh * d,

@@ -11,8 +11,9 @@ namespace {
 
 float RowMax(const float* x, int64_t v) {
   float mx = -std::numeric_limits<float>::infinity();
+  // A plain comparison, not std::max (which returns a reference): GCC vectorises this form.
 #pragma omp simd reduction(max : mx)
-  for (int64_t j = 0; j < v; ++j) mx = std::max(mx, x[j]);
+  for (int64_t j = 0; j < v; ++j) mx = x[j] > mx ? x[j] : mx;
   return mx;
 }
 
@@ -34,7 +35,7 @@ int64_t CrossEntropyForward(float* losses, const float* logits, const int32_t* t
                             const float* loss_mask, int64_t n, int64_t v, int64_t vp) {
   LATTICE_CHECK(v > 0 && v <= vp);
   int64_t counted = 0;
-#pragma omp parallel for schedule(static) reduction(+ : counted)
+#pragma omp parallel for schedule(static) reduction(+ : counted) if (internal::Parallel(n * v))
   for (int64_t i = 0; i < n; ++i) {
     if (Skipped(targets, loss_mask, i)) {
       losses[i] = 0.0f;
@@ -59,7 +60,7 @@ void CrossEntropyBackward(float* dlogits, const float* logits, const int32_t* ta
   // In the fused (aliased) form the logits are replaced by their gradient, so every column,
   // padding included, must be written; otherwise the gradient is added.
   const bool in_place = dlogits == logits;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(n * v))
   for (int64_t i = 0; i < n; ++i) {
     float* dx = dlogits + i * vp;
     if (Skipped(targets, loss_mask, i)) {

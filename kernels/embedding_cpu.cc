@@ -7,7 +7,7 @@ namespace lattice::kernels::cpu {
 
 void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                       int64_t b, int64_t t, int64_t c, int64_t pos_offset) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (internal::Parallel(b * t * c))
   for (int64_t bi = 0; bi < b; ++bi) {
     for (int64_t ti = 0; ti < t; ++ti) {
       float* y = out + (bi * t + ti) * c;
@@ -30,7 +30,7 @@ void EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int32_
   if (dwte != nullptr) {
     const int64_t width = internal::ColumnBlockWidth(c);
     const int64_t blocks = (c + width - 1) / width;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(b * t * c))
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t j0 = blk * width;
       const int64_t w = std::min(width, c - j0);
@@ -44,7 +44,7 @@ void EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int32_
   }
   // dwpe: position t owns its row; sum over the batch in order.
   if (dwpe != nullptr) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(b * t * c))
     for (int64_t ti = 0; ti < t; ++ti) {
       float* dst = dwpe + (pos_offset + ti) * c;
       for (int64_t bi = 0; bi < b; ++bi) {

@@ -17,7 +17,7 @@ constexpr float kKappa = 0.044715f;
 // the same function with one vectorisable exp, and accurate for very negative x where
 // 1 + tanh(u) cancels.
 void GeluForward(float* out, const float* inp, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (internal::Parallel(n))
   for (int64_t i = 0; i < n; ++i) {
     const float x = inp[i];
     const float u = kBeta * (x + kKappa * (x * x * x));
@@ -29,7 +29,7 @@ void GeluForward(float* out, const float* inp, int64_t n) {
 // gelu'(x) = s + 2 x s (1 - s) u'(x), u'(x) = kBeta (1 + 3 kKappa x^2); 1 - s = e s with
 // e = exp(-2u), which keeps the tail accurate.
 void GeluBackward(float* dinp, const float* inp, const float* dout, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (internal::Parallel(n))
   for (int64_t i = 0; i < n; ++i) {
     const float x = inp[i];
     const float x2 = x * x;

@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "kernels/grad_norm.h"
+#include "kernels/math_cpu.h"
 
 namespace lattice::kernels::cpu {
 namespace {
@@ -36,7 +37,7 @@ double SumOfSquares(const float* x, int64_t n) {
 }
 
 void Scale(float* x, int64_t n, float scale) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (internal::Parallel(n))
   for (int64_t i = 0; i < n; ++i) x[i] *= scale;
 }
 

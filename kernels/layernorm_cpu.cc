@@ -8,7 +8,7 @@ namespace lattice::kernels::cpu {
 void LayerNormForward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
                       const float* bias, int64_t n, int64_t c, float eps) {
   const float inv_c = 1.0f / static_cast<float>(c);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(n * c))
   for (int64_t i = 0; i < n; ++i) {
     const float* x = inp + i * c;
     float sum = 0.0f;
@@ -44,7 +44,7 @@ void LayerNormBackward(float* dinp, float* dweight, float* dbias, const float* d
   if (dinp != nullptr) {
     // With xhat = (x - mean) * rstd and g = dout * weight:
     //   dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(n * c))
     for (int64_t i = 0; i < n; ++i) {
       const float* x = inp + i * c;
       const float* dy = dout + i * c;
@@ -73,7 +73,7 @@ void LayerNormBackward(float* dinp, float* dweight, float* dbias, const float* d
   // accumulators, so the sums do not depend on the thread count.
   const int64_t width = internal::ColumnBlockWidth(c);
   const int64_t blocks = (c + width - 1) / width;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(n * c))
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t j0 = blk * width;
     const int64_t w = std::min(width, c - j0);

@@ -51,6 +51,12 @@ inline float ExpF(float x) {
   return x != x ? x : y;
 }
 
+// Below this much work (elements touched, or multiply-adds; ~10 us on one core) a kernel runs
+// on the calling thread: waking the OpenMP team costs microseconds on an idle machine and up to
+// a scheduler time slice on a busy one, which dominated the step of a tiny model.
+constexpr int64_t kParallelMinWork = int64_t{1} << 15;
+inline bool Parallel(int64_t work) { return work >= kParallelMinWork; }
+
 // Parameter gradients (dweight, dbias) reduce an (N, C) array over its rows. The kernels do it
 // one task per block of columns: each task walks all rows in order, reading one contiguous
 // stretch of each, with the partial sums in a stack array of kMaxColumnBlock doubles. Every

@@ -11,7 +11,7 @@ void MatmulForward(float* out, const float* inp, const float* weight, const floa
                    int64_t n, int64_t c, int64_t oc) {
   if (n <= 0 || oc <= 0) return;
   if (bias != nullptr) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(n * oc))
     for (int64_t i = 0; i < n; ++i) {
       float* row = out + i * oc;
       for (int64_t j = 0; j < oc; ++j) row[j] = bias[j];
@@ -46,7 +46,7 @@ void MatmulBackward(float* dinp, float* dweight, float* dbias, const float* dout
     // row order in double whatever the thread count, so the result is deterministic.
     const int64_t width = internal::ColumnBlockWidth(oc);
     const int64_t blocks = (oc + width - 1) / width;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(n * oc))
     for (int64_t blk = 0; blk < blocks; ++blk) {
       const int64_t j0 = blk * width;
       const int64_t w = std::min(width, oc - j0);

@@ -8,7 +8,7 @@ namespace lattice::kernels::cpu {
 void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int64_t n,
                     int64_t c, float eps) {
   const float inv_c = 1.0f / static_cast<float>(c);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(n * c))
   for (int64_t i = 0; i < n; ++i) {
     const float* x = inp + i * c;
     float sq = 0.0f;
@@ -28,7 +28,7 @@ void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float
   const float inv_c = 1.0f / static_cast<float>(c);
   if (dinp != nullptr) {
     // With xhat = x * rstd and g = dout * weight: dx = rstd * (g - xhat * mean(g * xhat)).
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(n * c))
     for (int64_t i = 0; i < n; ++i) {
       const float* x = inp + i * c;
       const float* dy = dout + i * c;
@@ -47,7 +47,7 @@ void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float
   if (dweight == nullptr) return;
   const int64_t width = internal::ColumnBlockWidth(c);
   const int64_t blocks = (c + width - 1) / width;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(n * c))
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t j0 = blk * width;
     const int64_t w = std::min(width, c - j0);

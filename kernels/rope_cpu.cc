@@ -2,6 +2,7 @@
 #include <vector>
 
 #include "kernels/rope.h"
+#include "kernels/math_cpu.h"
 #include "runtime/status.h"
 
 namespace lattice::kernels::cpu {
@@ -42,7 +43,7 @@ const RopeTable& TableFor(int64_t d, float theta, int64_t positions) {
   float* cos_out = table.cos.data();
   float* sin_out = table.sin.data();
   const float* freq = inv_freq.data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(size * half))
   for (int64_t p = 0; p < size; ++p) {
     for (int64_t i = 0; i < half; ++i) {
       // The angle is the fp32 product (HF: inv_freq @ position_ids in fp32), then cos/sin.
@@ -67,7 +68,7 @@ void Rotate(float* x, int64_t b, int64_t t, int64_t heads, int64_t d, int64_t ro
   const RopeTable& table = TableFor(d, theta, pos_offset + t);
   const float* cos_table = table.cos.data();
   const float* sin_table = table.sin.data();
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (internal::Parallel(b * t * heads * d))
   for (int64_t bi = 0; bi < b; ++bi) {
     for (int64_t ti = 0; ti < t; ++ti) {
       float* row = x + (bi * t + ti) * row_stride;

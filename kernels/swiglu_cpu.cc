@@ -4,7 +4,7 @@
 namespace lattice::kernels::cpu {
 
 void SwiGluForward(float* out, const float* inp, int64_t n, int64_t f) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(n * f))
   for (int64_t i = 0; i < n; ++i) {
     const float* gate = inp + i * 2 * f;
     const float* up = gate + f;
@@ -19,7 +19,7 @@ void SwiGluForward(float* out, const float* inp, int64_t n, int64_t f) {
 }
 
 void SwiGluBackward(float* dinp, const float* inp, const float* dout, int64_t n, int64_t f) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (internal::Parallel(n * f))
   for (int64_t i = 0; i < n; ++i) {
     const float* gate = inp + i * 2 * f;
     const float* up = gate + f;

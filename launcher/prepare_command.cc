@@ -23,11 +23,9 @@
 // chunks strictly in input order, so the output does not depend on --threads. At most
 // 4 * threads chunks are in flight, which bounds memory whatever the input size.
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
-#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <map>
@@ -45,7 +43,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "launcher/commands.h"
 #include "launcher/options.h"

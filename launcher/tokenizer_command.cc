@@ -1,12 +1,11 @@
 // `lattice tokenizer train|encode|decode`: train a byte-level BPE tokenizer.json, or run one.
+#include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <boost/program_options.hpp>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -86,6 +85,7 @@ absl::Status RunTrain(const std::vector<std::string>& args) {
   int threads = 0;
   std::string out;
   po::options_description desc("options");
+  // clang-format off
   desc.add_options()
       ("input", po::value(&inputs)->required()->composing(), "training text file (repeatable)")
       ("vocab-size", po::value(&vocab_size)->required(),
@@ -96,6 +96,7 @@ absl::Status RunTrain(const std::vector<std::string>& args) {
       ("min-frequency", po::value(&min_frequency)->default_value(2),
        "never merge pairs seen fewer times")
       ("threads", po::value(&threads)->default_value(0), "counting threads (0: all cores)");
+  // clang-format on
   po::variables_map vm;
   bool help = false;
   LATTICE_RETURN_IF_ERROR(Parse("train", args, desc, &vm, &help));
@@ -113,8 +114,8 @@ absl::Status RunTrain(const std::vector<std::string>& args) {
                "lattice tokenizer train: %lld bytes, %lld distinct words, %lld merges, vocab %lld "
                "in %.2f s -> %s\n",
                static_cast<long long>(result.num_bytes), static_cast<long long>(result.num_words),
-               static_cast<long long>(result.num_merges),
-               static_cast<long long>(result.vocab_size), SecondsSince(start), out.c_str());
+               static_cast<long long>(result.num_merges), static_cast<long long>(result.vocab_size),
+               SecondsSince(start), out.c_str());
   if (result.vocab_size < vocab_size) {
     std::fprintf(stderr,
                  "lattice tokenizer train: stopped below --vocab-size %lld: no pair is seen %lld "
@@ -128,6 +129,7 @@ absl::Status RunEncode(const std::vector<std::string>& args) {
   std::string tokenizer_spec, text, input, out;
   int threads = 1;
   po::options_description desc("options");
+  // clang-format off
   desc.add_options()
       ("tokenizer", po::value(&tokenizer_spec)->required(), "tokenizer.json, or \"byte\"")
       ("text", po::value(&text), "text to encode")
@@ -136,17 +138,16 @@ absl::Status RunEncode(const std::vector<std::string>& args) {
       ("lines", "encode each line of the input as its own document (one output line each)")
       ("threads", po::value(&threads)->default_value(1), "threads for --lines (0: all cores)")
       ("time", "print the encoding throughput to stderr");
+  // clang-format on
   po::variables_map vm;
   bool help = false;
   LATTICE_RETURN_IF_ERROR(Parse("encode", args, desc, &vm, &help));
   if (help) return absl::OkStatus();
   if (vm.count("text") == vm.count("input")) {
-    return absl::InvalidArgumentError(
-        "lattice tokenizer encode: give exactly one of --text and --input");
+    return absl::InvalidArgumentError("encode: give exactly one of --text and --input");
   }
   if (threads < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("lattice tokenizer encode: --threads ", threads, " must be >= 0"));
+    return absl::InvalidArgumentError(absl::StrCat("encode: --threads ", threads, " must be >= 0"));
   }
   LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, Tokenizer::Load(tokenizer_spec));
   if (vm.count("input")) {
@@ -178,10 +179,9 @@ absl::Status RunEncode(const std::vector<std::string>& args) {
     num_tokens = static_cast<int64_t>(ids.size());
     AppendIds(ids, &result);
     if (vm.count("time")) {
-      std::fprintf(stderr,
-                   "lattice tokenizer encode: %zu bytes -> %lld tokens in %.3f s (%.2f MB/s)\n",
-                   text.size(), static_cast<long long>(num_tokens), seconds,
-                   text.size() / seconds / 1e6);
+      std::fprintf(
+          stderr, "lattice tokenizer encode: %zu bytes -> %lld tokens in %.3f s (%.2f MB/s)\n",
+          text.size(), static_cast<long long>(num_tokens), seconds, text.size() / seconds / 1e6);
     }
   }
   return WriteOutput(out, result);
@@ -190,29 +190,30 @@ absl::Status RunEncode(const std::vector<std::string>& args) {
 absl::Status RunDecode(const std::vector<std::string>& args) {
   std::string tokenizer_spec, ids_text, input, out;
   po::options_description desc("options");
+  // clang-format off
   desc.add_options()
       ("tokenizer", po::value(&tokenizer_spec)->required(), "tokenizer.json, or \"byte\"")
       ("ids", po::value(&ids_text), "space-separated ids")
       ("input", po::value(&input), "file of whitespace-separated ids (instead of --ids)")
       ("out", po::value(&out), "write the text here instead of stdout");
+  // clang-format on
   po::variables_map vm;
   bool help = false;
   LATTICE_RETURN_IF_ERROR(Parse("decode", args, desc, &vm, &help));
   if (help) return absl::OkStatus();
   if (vm.count("ids") == vm.count("input")) {
-    return absl::InvalidArgumentError(
-        "lattice tokenizer decode: give exactly one of --ids and --input");
+    return absl::InvalidArgumentError("decode: give exactly one of --ids and --input");
   }
   if (vm.count("input")) {
     LATTICE_ASSIGN_OR_RETURN(ids_text, ReadFile(input));
   }
   std::vector<int32_t> ids;
-  for (absl::string_view field : absl::StrSplit(ids_text, absl::ByAnyChar(" \t\r\n"),
-                                                absl::SkipEmpty())) {
+  for (absl::string_view field :
+       absl::StrSplit(ids_text, absl::ByAnyChar(" \t\r\n"), absl::SkipEmpty())) {
     int32_t id;
     if (!absl::SimpleAtoi(field, &id)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "lattice tokenizer decode: \"", field, "\" is not a token id (an int32)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("decode: \"", field, "\" is not a token id (an int32)"));
     }
     ids.push_back(id);
   }
@@ -226,7 +227,7 @@ absl::Status RunDecode(const std::vector<std::string>& args) {
 absl::Status RunTokenizerCommand(const CommandArgs& args) {
   if (args.empty()) {
     std::fputs(kUsage, stderr);
-    return absl::InvalidArgumentError("lattice tokenizer: missing subcommand");
+    return absl::InvalidArgumentError("missing subcommand (train, encode or decode)");
   }
   const std::string& sub = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());
@@ -238,8 +239,7 @@ absl::Status RunTokenizerCommand(const CommandArgs& args) {
   if (sub == "encode") return RunEncode(rest);
   if (sub == "decode") return RunDecode(rest);
   std::fputs(kUsage, stderr);
-  return absl::InvalidArgumentError(
-      absl::StrCat("lattice tokenizer: unknown subcommand \"", sub, "\""));
+  return absl::InvalidArgumentError(absl::StrCat("unknown subcommand \"", sub, "\""));
 }
 
 }  // namespace lattice

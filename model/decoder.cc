@@ -236,6 +236,9 @@ void Decoder::Backward(float dloss) {
                          normf_mean_.f32(), normf_rstd_.f32(), n, c_);
   }
 
+  ReportReady("norm_f.weight", llama_ ? "norm_f.weight" : "norm_f.bias");
+  if (!cfg_.tied()) ReportReady("lm_head", "lm_head");
+
   for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
     LayerActs& a = acts_[l];
     // MLP block: dres is the gradient of the layer output = of residual2 through the skip.
@@ -287,9 +290,11 @@ void Decoder::Backward(float dloss) {
                            params_.value(L(l, "norm1.weight")), a.norm1_mean.f32(),
                            a.norm1_rstd.f32(), n, c_);
     }
+    ReportReady(L(l, "norm1.weight"), llama_ ? L(l, "mlp.proj.weight") : L(l, "mlp.proj.bias"));
   }
   k::EmbeddingBackward(params_.grad("wte"), llama_ ? nullptr : params_.grad("wpe"), dres,
                        tokens_.i32(), b, t, c_, 0);
+  ReportReady("wte", llama_ ? "wte" : "wpe");
   last_b_ = last_t_ = 0;  // the logits buffer now holds gradients
 }
 
@@ -300,6 +305,13 @@ void Decoder::InitializeWeights(uint64_t seed) {
       std::memset(p->value.f32() + v_ * c_, 0, (vp_ - v_) * c_ * sizeof(float));
     }
   }
+}
+
+void Decoder::ReportReady(const std::string& first, const std::string& last) {
+  if (!grad_ready_) return;
+  const Parameter& a = params_.Get(first);
+  const Parameter& z = params_.Get(last);
+  grad_ready_(a.offset, z.offset + z.value.numel());
 }
 
 KvCache Decoder::NewKvCache(int64_t max_len) const {

@@ -18,6 +18,7 @@
 #define LATTICE_MODEL_DECODER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,6 +64,13 @@ class Decoder {
   // Backward of the last Forward (which must have had targets). Every token's loss gradient is
   // `dloss` (e.g. 1 / tokens in the global batch). Parameter gradients ACCUMULATE.
   void Backward(float dloss);
+
+  // Called during Backward each time the gradients of a contiguous range [begin, end) of the
+  // flat parameter buffer are complete for this micro-batch (the final norm and untied head
+  // first, then layers L-1 .. 0, then the embeddings), so data parallelism can start reducing a
+  // bucket while the backward pass goes on. Ranges of one Backward are disjoint and cover all.
+  using GradReadyFn = std::function<void(int64_t begin, int64_t end)>;
+  void set_grad_ready_callback(GradReadyFn fn) { grad_ready_ = std::move(fn); }
 
   // Logits (B, T, Vp) of the last Forward without targets (with targets they are overwritten by
   // the fused loss backward only in Backward()).
@@ -133,6 +141,9 @@ class Decoder {
 
   int64_t activation_bytes_ = 0;
   int64_t scratch_bytes_ = 0;
+  GradReadyFn grad_ready_;
+  // Report the parameters whose names start with `prefix` (a contiguous range) as ready.
+  void ReportReady(const std::string& first, const std::string& last);
 };
 
 }  // namespace lattice

@@ -3,10 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <utility>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
@@ -145,9 +144,9 @@ absl::StatusOr<BpeTrainerResult> TrainBpe(absl::Span<const absl::string_view> te
                                           const BpeTrainerOptions& options) {
   const int64_t num_special = static_cast<int64_t>(options.special_tokens.size());
   if (options.vocab_size < 256 + num_special || options.vocab_size > (int64_t{1} << 30)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "BPE trainer: vocab_size ", options.vocab_size, " must be in [256 + ", num_special,
-        " special tokens, 2^30]"));
+    return absl::InvalidArgumentError(absl::StrCat("BPE trainer: vocab_size ", options.vocab_size,
+                                                   " must be in [256 + ", num_special,
+                                                   " special tokens, 2^30]"));
   }
   if (options.min_frequency < 1) {
     return absl::InvalidArgumentError(
@@ -247,7 +246,8 @@ absl::StatusOr<BpeTrainerResult> TrainBpe(absl::Span<const absl::string_view> te
     for (int32_t w : where) {
       std::vector<int32_t>& sym = words[w];
       bool present = false;
-      for (size_t i = 0; i + 1 < sym.size() && !present; ++i) present = sym[i] == a && sym[i + 1] == b;
+      for (size_t i = 0; i + 1 < sym.size() && !present; ++i)
+        present = sym[i] == a && sym[i + 1] == b;
       if (!present) continue;  // a stale entry: an earlier merge consumed the pair here
       const int64_t n = word_count[w];
       for (size_t i = 0; i + 1 < sym.size(); ++i) pair_count[PairKey(sym[i], sym[i + 1])] -= n;
@@ -287,9 +287,9 @@ absl::StatusOr<BpeTrainerResult> TrainBpe(absl::Span<const absl::string_view> te
   for (const std::string& t : tokens) names.insert(unicode::BytesToByteLevel(t));
   for (const std::string& s : options.special_tokens) {
     if (names.contains(s)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "BPE trainer: special token ", Quote(s),
-          " equals a byte-level token of the vocabulary; choose a distinct string"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("BPE trainer: special token ", Quote(s),
+                       " equals a byte-level token of the vocabulary; choose a distinct string"));
     }
   }
   result.num_merges = static_cast<int64_t>(merges.size());

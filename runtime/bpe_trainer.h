@@ -28,10 +28,10 @@ struct BpeTrainerOptions {
 
 struct BpeTrainerResult {
   std::string tokenizer_json;
-  int64_t vocab_size = 0;     // ids in the file
+  int64_t vocab_size = 0;  // ids in the file
   int64_t num_merges = 0;
-  int64_t num_words = 0;      // distinct pre-tokenized words counted
-  int64_t num_bytes = 0;      // training text
+  int64_t num_words = 0;  // distinct pre-tokenized words counted
+  int64_t num_bytes = 0;  // training text
 };
 
 // Trains on in-memory texts (each one a document). Special tokens found in the text are cut out

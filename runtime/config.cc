@@ -21,8 +21,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
+#include "absl/strings/match.h"
 #include "runtime/status.h"
 
 namespace lattice {
@@ -182,7 +181,9 @@ KeySpec BoolKey(std::string key, F field, std::string doc) {
   KeySpec k{std::move(key), "a boolean (true or false)", std::move(doc), nullptr, nullptr};
   k.set = [field](const YAML::Node& n, Config& c) -> absl::Status {
     bool v;
-    if (!n.IsScalar() || !ParseBool(n.Scalar(), &v)) return TypeError("a boolean (true or false)", n);
+    if (!n.IsScalar() || !ParseBool(n.Scalar(), &v)) {
+      return TypeError("a boolean (true or false)", n);
+    }
     field(c) = v;
     return absl::OkStatus();
   };
@@ -526,7 +527,8 @@ absl::Status ApplyOverride(const std::string& override, Config& config) {
   const size_t eq = override.find('=');
   if (eq == std::string::npos) {
     return absl::InvalidArgumentError(
-        absl::StrCat("override '", override, "' has no '=': write key=value, e.g. model.n_layer=4"));
+        absl::StrCat("override '", override,
+                     "' has no '=': write key=value, e.g. model.n_layer=4"));
   }
   const std::string key(absl::StripAsciiWhitespace(absl::string_view(override).substr(0, eq)));
   const std::string text = override.substr(eq + 1);
@@ -545,7 +547,8 @@ absl::Status ApplyOverride(const std::string& override, Config& config) {
     value = YAML::Load(text);
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(
-        absl::StrCat(key, ": value ", Quote(text), " is not valid YAML: ", e.msg, " (", where, ")"));
+        absl::StrCat(key, ": value ", Quote(text), " is not valid YAML: ", e.msg, " (", where,
+                     ")"));
   }
   if (key == "version") return SetVersion(value, config, where);
   return SetKey(*spec, value, config, where);
@@ -756,32 +759,37 @@ absl::Status Config::Validate() const {
 
 absl::Status Config::ValidateLayout(int64_t world_size) {
   LATTICE_RETURN_IF_ERROR(Validate());
-  ParallelConfig& p = parallel;
+  const ParallelConfig& p = parallel;
   if (world_size < 1 || world_size > kMaxParallel) {
     return absl::InvalidArgumentError(absl::StrCat("world size ", world_size, " is out of range"));
   }
-  if (p.dp == 0) {
+  // Derived values are computed first and stored only when everything holds, so a failed call
+  // leaves the config as it was.
+  int64_t dp = p.dp;
+  if (dp == 0) {
     if (world_size % (p.tp * p.pp) != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "world size ", world_size, " is not divisible by parallel.tp*parallel.pp = ", p.tp, "*",
           p.pp, " = ", p.tp * p.pp));
     }
-    p.dp = world_size / (p.tp * p.pp);
+    dp = world_size / (p.tp * p.pp);
   }
-  if (p.tp * p.dp * p.pp != world_size) {
+  if (p.tp * dp * p.pp != world_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("world size ", world_size, " != parallel.tp*parallel.dp*parallel.pp = ", p.tp,
-                     "*", p.dp, "*", p.pp, " = ", p.tp * p.dp * p.pp));
+                     "*", dp, "*", p.pp, " = ", p.tp * dp * p.pp));
   }
-  TrainConfig& t = train;
-  const int64_t per_step = t.micro_batch_size * p.dp;
-  if (t.global_batch_size == 0) t.global_batch_size = per_step;
-  if (t.global_batch_size % per_step != 0) {
+  const TrainConfig& t = train;
+  const int64_t per_step = t.micro_batch_size * dp;
+  const int64_t global_batch = t.global_batch_size == 0 ? per_step : t.global_batch_size;
+  if (global_batch % per_step != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "train.global_batch_size=", t.global_batch_size,
-        " is not divisible by train.micro_batch_size*dp = ", t.micro_batch_size, "*", p.dp, " = ",
+        "train.global_batch_size=", global_batch,
+        " is not divisible by train.micro_batch_size*dp = ", t.micro_batch_size, "*", dp, " = ",
         per_step));
   }
+  parallel.dp = dp;
+  train.global_batch_size = global_batch;
   return absl::OkStatus();
 }
 

@@ -105,7 +105,8 @@ struct Config {
 
   // Checks every invariant that does not need the world size; messages name key and numbers.
   absl::Status Validate() const;
-  // Checks the layout against the world size (and derives dp when it is 0).
+  // Checks the layout against the world size; derives parallel.dp and train.global_batch_size
+  // when they are 0 (only when every check passes, so a failed call changes nothing).
   absl::Status ValidateLayout(int64_t world_size);
   // The config as YAML (every key, after defaults), for logs and checkpoints.
   std::string ToYaml() const;

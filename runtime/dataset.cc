@@ -246,6 +246,18 @@ absl::Status TrainingSamples::GetBatch(int64_t first_global_index, int64_t batch
   return absl::OkStatus();
 }
 
+absl::StatusOr<Batch> TrainingSamples::GetBatch(int64_t first_global_index,
+                                                int64_t batch) const {
+  if (batch < 1) return absl::InvalidArgumentError(absl::StrCat("batch size ", batch, " < 1"));
+  Batch b;
+  b.batch = batch;
+  b.seq_len = options_.seq_len;
+  b.inputs.resize(static_cast<size_t>(batch * options_.seq_len));
+  b.targets.resize(b.inputs.size());
+  LATTICE_RETURN_IF_ERROR(GetBatch(first_global_index, batch, b.inputs.data(), b.targets.data()));
+  return b;
+}
+
 DataLoaderState TrainingSamples::State(int64_t consumed_samples) const {
   DataLoaderState s;
   s.consumed_samples = consumed_samples;

@@ -81,6 +81,14 @@ struct DataLoaderState {
   static absl::StatusOr<DataLoaderState> FromJson(absl::string_view json);
 };
 
+// One micro-batch of token ids.
+struct Batch {
+  int64_t batch = 0;             // B
+  int64_t seq_len = 0;           // T
+  std::vector<int32_t> inputs;   // (B, T)
+  std::vector<int32_t> targets;  // (B, T): inputs shifted by one
+};
+
 // Random access to the sample sequence of one or more weighted sources. Thread-safe.
 class TrainingSamples {
  public:
@@ -96,6 +104,8 @@ class TrainingSamples {
   // are the inputs shifted by one.
   absl::Status GetBatch(int64_t first_global_index, int64_t batch, int32_t* inputs,
                         int32_t* targets) const;
+  // The same into a Batch of `batch` rows.
+  absl::StatusOr<Batch> GetBatch(int64_t first_global_index, int64_t batch) const;
 
   struct Location {
     int source = 0;           // index into the sources

@@ -391,7 +391,7 @@ absl::Status SafetensorsFile::ReadInto(const std::string& name, const Tensor& ds
   // elements, so an unaligned tensor goes through an aligned copy first.
   const uint8_t* src = Bytes(*info);
   Tensor source;
-  if (true) {
+  if (reinterpret_cast<uintptr_t>(src) % DTypeSize(info->dtype) == 0) {
     source = Tensor(std::make_shared<BorrowedBytes>(src, n), 0, info->shape, info->dtype);
   } else {
     LATTICE_ASSIGN_OR_RETURN(source, Read(name));

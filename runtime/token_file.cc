@@ -125,8 +125,8 @@ class MappedTokenSource : public TokenSource {
 
   absl::Status Read(int64_t begin, int64_t n, int32_t* out) const override {
     if (begin < 0 || n < 0 || begin > num_tokens_ || n > num_tokens_ - begin) {
-      return absl::OutOfRangeError(absl::StrCat(path_, ": read of tokens [", begin, ", ",
-                                                begin + n, ") is outside the ", num_tokens_,
+      return absl::OutOfRangeError(absl::StrCat(path_, ": read of ", n, " tokens at position ",
+                                                begin, " is outside the ", num_tokens_,
                                                 " tokens of the file"));
     }
     const size_t item = TokenDTypeSize(dtype_);
@@ -269,8 +269,8 @@ class DocumentRangeSource : public TokenSource {
   int64_t num_tokens() const override { return starts_.back(); }
   absl::Status Read(int64_t begin, int64_t n, int32_t* out) const override {
     if (begin < 0 || n < 0 || begin > num_tokens() || n > num_tokens() - begin) {
-      return absl::OutOfRangeError(absl::StrCat(path_, ": read of tokens [", begin, ", ",
-                                                begin + n, ") is outside the ", num_tokens(),
+      return absl::OutOfRangeError(absl::StrCat(path_, ": read of ", n, " tokens at position ",
+                                                begin, " is outside the ", num_tokens(),
                                                 " tokens of the range"));
     }
     return base_->Read(offset_ + begin, n, out);

@@ -18,16 +18,13 @@
 #include <array>
 #include <atomic>
 #include <bitset>
+#include <cstring>
 #include <limits>
-#include <mutex>
-#include <shared_mutex>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <utility>
 
-#include <nlohmann/json.hpp>
-
 #include "absl/container/flat_hash_map.h"
-#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -76,6 +73,9 @@ class LiteralMatcher {
       by_first_byte_[b].push_back(static_cast<int32_t>(i));
       first_bytes_.set(b);
     }
+    for (size_t i = 0; i < patterns_.size(); ++i) {
+      if (!patterns_[i].first.empty()) by_first_byte_index_ = static_cast<int32_t>(i);
+    }
     for (auto& bucket : by_first_byte_) {
       std::stable_sort(bucket.begin(), bucket.end(), [&](int32_t a, int32_t b) {
         return patterns_[a].first.size() > patterns_[b].first.size();
@@ -86,7 +86,14 @@ class LiteralMatcher {
 
   // The leftmost-longest match at or after `pos`.
   bool Find(absl::string_view text, size_t pos, size_t* start, size_t* end, int32_t* id) const {
+    const bool one_first_byte = first_bytes_.count() == 1;
     for (size_t p = pos; p < text.size(); ++p) {
+      if (one_first_byte) {  // typically '<': skip to it with memchr
+        const void* hit =
+            std::memchr(text.data() + p, patterns_[by_first_byte_index_].first[0], text.size() - p);
+        if (hit == nullptr) return false;
+        p = static_cast<size_t>(static_cast<const char*>(hit) - text.data());
+      }
       const uint8_t b = static_cast<uint8_t>(text[p]);
       if (!first_bytes_.test(b)) continue;
       const absl::string_view rest = text.substr(p);
@@ -107,6 +114,7 @@ class LiteralMatcher {
   std::vector<std::pair<std::string, int32_t>> patterns_;
   std::array<std::vector<int32_t>, 256> by_first_byte_;
   std::bitset<256> first_bytes_;
+  int32_t by_first_byte_index_ = 0;  // some non-empty pattern (all share the first byte if one)
 };
 
 // Start of the last character of a non-empty `s`; an ill-formed tail is a one-byte character.
@@ -125,44 +133,50 @@ int32_t LastCodePoint(absl::string_view s) {
 }
 
 std::string Quote(absl::string_view s) {
-  return nlohmann::json(std::string(s)).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return nlohmann::json(std::string(s))
+      .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 // ---- BPE word cache ----------------------------------------------------------------------------
 
-// Words repeat heavily (Zipf), so most pre-tokens are served from here. Sharded so that threads
-// encoding different documents rarely touch the same lock.
+// Words repeat heavily (Zipf), so most pre-tokens are served from a cache. Each thread keeps its
+// own (no locks, no shared cache lines between threads encoding different documents), for up to
+// kOwners tokenizers at a time; a tokenizer is known by a never-reused serial number, so a cache
+// can never outlive its tokenizer's meaning.
 class WordCache {
  public:
   static constexpr size_t kMaxWordBytes = 128;
+  static constexpr size_t kMaxEntries = size_t{1} << 17;
 
-  bool Lookup(absl::string_view word, std::vector<int32_t>* out) const {
-    Shard& s = ShardFor(word);
-    std::shared_lock<std::shared_mutex> lock(s.mu);
-    auto it = s.map.find(word);
-    if (it == s.map.end()) return false;
-    out->insert(out->end(), it->second.begin(), it->second.end());
-    return true;
+  using Map = absl::flat_hash_map<std::string, std::vector<int32_t>>;
+  static Map& ForTokenizer(uint64_t serial) {
+    thread_local std::array<Slot, kOwners> slots;
+    thread_local uint64_t clock = 0;
+    Slot* victim = &slots[0];
+    for (Slot& slot : slots) {
+      if (slot.serial == serial) {
+        slot.last_use = ++clock;
+        return slot.map;
+      }
+      if (slot.last_use < victim->last_use) victim = &slot;
+    }
+    victim->serial = serial;
+    victim->last_use = ++clock;
+    victim->map = Map();
+    return victim->map;
   }
-  void Insert(absl::string_view word, const int32_t* ids, size_t n) const {
-    Shard& s = ShardFor(word);
-    std::unique_lock<std::shared_mutex> lock(s.mu);
-    if (s.map.size() >= kMaxEntriesPerShard) return;
-    s.map.try_emplace(std::string(word), ids, ids + n);
+  static uint64_t NewSerial() {
+    static std::atomic<uint64_t> next{1};
+    return next.fetch_add(1);
   }
 
  private:
-  static constexpr int kShardBits = 6;
-  static constexpr size_t kMaxEntriesPerShard = (1 << 18) >> kShardBits;
-  struct alignas(64) Shard {
-    std::shared_mutex mu;
-    absl::flat_hash_map<std::string, std::vector<int32_t>> map;
+  static constexpr int kOwners = 4;
+  struct Slot {
+    uint64_t serial = 0;
+    uint64_t last_use = 0;
+    Map map;
   };
-  Shard& ShardFor(absl::string_view word) const {
-    const size_t h = absl::Hash<absl::string_view>{}(word);
-    return shards_[(h >> (64 - kShardBits)) & ((1 << kShardBits) - 1)];
-  }
-  mutable std::array<Shard, 1 << kShardBits> shards_;
 };
 
 // ---- JSON helpers ------------------------------------------------------------------------------
@@ -176,8 +190,8 @@ class JsonReader {
   }
   absl::Status Unsupported(absl::string_view field, const Json& value,
                            absl::string_view supported) const {
-    return Error(field, absl::StrCat("unsupported value ", Short(value),
-                                     " (lattice supports ", supported, ")"));
+    return Error(field, absl::StrCat("unsupported value ", Short(value), " (lattice supports ",
+                                     supported, ")"));
   }
   static std::string Short(const Json& v) {
     std::string s = v.dump(-1, ' ', false, Json::error_handler_t::replace);
@@ -281,8 +295,8 @@ class BpeTokenizer final : public Tokenizer {
   absl::flat_hash_map<int32_t, std::string> vocab_r_;
   absl::flat_hash_map<std::string, int32_t> vocab_by_bytes_;  // raw bytes -> id (ignore_merges)
   absl::flat_hash_map<uint64_t, Merge> merges_;
-  std::array<int32_t, 256> byte_id_;                          // -1: not in the vocab
-  std::array<std::vector<int32_t>, 256> byte_fallback_ids_;   // <0xXX> ids, if all exist
+  std::array<int32_t, 256> byte_id_;                         // -1: not in the vocab
+  std::array<std::vector<int32_t>, 256> byte_fallback_ids_;  // <0xXX> ids, if all exist
   std::optional<int32_t> unk_id_;
   bool fuse_unk_ = false;
   bool byte_fallback_ = false;
@@ -297,7 +311,7 @@ class BpeTokenizer final : public Tokenizer {
   absl::flat_hash_map<int32_t, std::string> decode_piece_;
   int64_t vocab_size_ = 0;
   std::optional<int32_t> eot_id_;
-  WordCache cache_;
+  const uint64_t serial_ = WordCache::NewSerial();
 };
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::Create(const Json& root,
@@ -306,11 +320,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> BpeTokenizer::Create(const Json& root
   if (!root.is_object()) {
     return r.Error("(root)", absl::StrCat("expected a JSON object, got ", root.type_name()));
   }
-  LATTICE_RETURN_IF_ERROR(r.OnlyKeys(root,
-                                     {"version", "truncation", "padding", "added_tokens",
-                                      "normalizer", "pre_tokenizer", "post_processor", "decoder",
-                                      "model"},
-                                     "(root)"));
+  LATTICE_RETURN_IF_ERROR(
+      r.OnlyKeys(root,
+                 {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer",
+                  "post_processor", "decoder", "model"},
+                 "(root)"));
   for (const char* key : {"truncation", "padding", "normalizer"}) {
     auto it = root.find(key);
     if (it != root.end() && !it->is_null()) return r.Unsupported(key, *it, "null");
@@ -346,11 +360,11 @@ absl::Status BpeTokenizer::ParseModel(const JsonReader& r, const Json& model) {
   if (type != model.end() && !(type->is_string() && type->get<std::string>() == "BPE")) {
     return r.Unsupported("model.type", *type, "\"BPE\"");
   }
-  LATTICE_RETURN_IF_ERROR(r.OnlyKeys(model,
-                                     {"type", "dropout", "unk_token", "continuing_subword_prefix",
-                                      "end_of_word_suffix", "fuse_unk", "byte_fallback",
-                                      "ignore_merges", "vocab", "merges"},
-                                     "model"));
+  LATTICE_RETURN_IF_ERROR(
+      r.OnlyKeys(model,
+                 {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix",
+                  "fuse_unk", "byte_fallback", "ignore_merges", "vocab", "merges"},
+                 "model"));
   auto dropout = model.find("dropout");
   if (dropout != model.end() && !dropout->is_null() &&
       !(dropout->is_number() && dropout->get<double>() == 0.0)) {
@@ -374,17 +388,18 @@ absl::Status BpeTokenizer::ParseModel(const JsonReader& r, const Json& model) {
   vocab_r_.reserve(vocab->size());
   for (auto it = vocab->begin(); it != vocab->end(); ++it) {
     const Json& v = it.value();
-    const bool integral = v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
-    if (!integral || v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())) {
+    const bool integral =
+        v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
+    if (!integral ||
+        v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int32_t>::max())) {
       return r.Error(absl::StrCat("model.vocab[", Quote(it.key()), "]"),
                      absl::StrCat("id ", JsonReader::Short(v), " is not an integer in [0, 2^31)"));
     }
     const int32_t id = static_cast<int32_t>(v.get<uint64_t>());
     auto [pos, inserted] = vocab_r_.try_emplace(id, it.key());
     if (!inserted) {
-      return r.Error("model.vocab", absl::StrCat("id ", id, " is used by both ",
-                                                 Quote(pos->second), " and ",
-                                                 Quote(it.key())));
+      return r.Error("model.vocab", absl::StrCat("id ", id, " is used by both ", Quote(pos->second),
+                                                 " and ", Quote(it.key())));
     }
     vocab_[it.key()] = id;
   }
@@ -417,8 +432,7 @@ absl::Status BpeTokenizer::ParseModel(const JsonReader& r, const Json& model) {
     auto lookup = [&](const std::string& token) -> absl::StatusOr<int32_t> {
       auto it = vocab_.find(token);
       if (it == vocab_.end()) {
-        return r.Error(field, absl::StrCat("token ", Quote(token),
-                                           " is not in model.vocab"));
+        return r.Error(field, absl::StrCat("token ", Quote(token), " is not in model.vocab"));
       }
       return it->second;
     };
@@ -490,8 +504,8 @@ absl::Status BpeTokenizer::ParsePreTokenizer(const JsonReader& r, const Json& pt
       return r.Error(field, "missing array \"pretokenizers\"");
     }
     for (size_t i = 0; i < steps->size(); ++i) {
-      LATTICE_RETURN_IF_ERROR(ParsePreTokenizer(
-          r, (*steps)[i], absl::StrCat(field, ".pretokenizers[", i, "]"), true));
+      LATTICE_RETURN_IF_ERROR(
+          ParsePreTokenizer(r, (*steps)[i], absl::StrCat(field, ".pretokenizers[", i, "]"), true));
     }
     return absl::OkStatus();
   }
@@ -555,7 +569,8 @@ absl::Status BpeTokenizer::ParseAddedTokens(const JsonReader& r, const Json& add
     LATTICE_RETURN_IF_ERROR(r.OnlyKeys(
         t, {"id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"}, field));
     auto id = t.find("id");
-    if (id == t.end() || !(id->is_number_unsigned() || (id->is_number_integer() && id->get<int64_t>() >= 0))) {
+    if (id == t.end() ||
+        !(id->is_number_unsigned() || (id->is_number_integer() && id->get<int64_t>() >= 0))) {
       return r.Error(absl::StrCat(field, ".id"), "missing or not a non-negative integer");
     }
     AddedTokenSpec spec;
@@ -630,8 +645,8 @@ void BpeTokenizer::Finish() {
     decode_piece_[id] = std::move(piece);
   }
   vocab_size_ = max_id + 1;
-  for (absl::string_view name : {kEndOfText, absl::string_view("<|end_of_text|>"),
-                                 absl::string_view("</s>")}) {
+  for (absl::string_view name :
+       {kEndOfText, absl::string_view("<|end_of_text|>"), absl::string_view("</s>")}) {
     if (std::optional<int32_t> id = TokenToId(name)) {
       eot_id_ = id;
       break;
@@ -748,11 +763,20 @@ void BpeTokenizer::EncodeWord(absl::string_view word, std::vector<int32_t>* ids)
     ids->push_back(byte_id_[static_cast<uint8_t>(word[0])]);
     return;
   }
-  const bool cacheable = word.size() <= WordCache::kMaxWordBytes;
-  if (cacheable && cache_.Lookup(word, ids)) return;
+  if (word.size() > WordCache::kMaxWordBytes) {
+    MergeWord(word, ids);
+    return;
+  }
+  WordCache::Map& cache = WordCache::ForTokenizer(serial_);
+  if (auto it = cache.find(word); it != cache.end()) {
+    ids->insert(ids->end(), it->second.begin(), it->second.end());
+    return;
+  }
   const size_t before = ids->size();
   MergeWord(word, ids);
-  if (cacheable) cache_.Insert(word, ids->data() + before, ids->size() - before);
+  if (cache.size() < WordCache::kMaxEntries) {
+    cache.try_emplace(std::string(word), ids->begin() + before, ids->end());
+  }
 }
 
 // `tokenizers`' Word::merge_all: a min-heap of (rank, position) over adjacent pairs, skipping
@@ -872,8 +896,8 @@ class ByteTokenizer final : public Tokenizer {
       } else if (ids[i] >= 0 && ids[i] < 256) {
         out.push_back(static_cast<char>(ids[i]));
       } else {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "Decode: id ", ids[i], " at position ", i, " is not in the byte vocabulary (257)"));
+        return absl::InvalidArgumentError(absl::StrCat("Decode: id ", ids[i], " at position ", i,
+                                                       " is not in the byte vocabulary (257)"));
       }
     }
     return unicode::Utf8Lossy(out);
@@ -895,8 +919,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(absl::string_view
   try {
     root = Json::parse(json_text.begin(), json_text.end());
   } catch (const Json::exception& e) {
-    return absl::DataLossError(
-        absl::StrCat(source_name, ": not valid tokenizer JSON: ", e.what()));
+    return absl::DataLossError(absl::StrCat(source_name, ": not valid tokenizer JSON: ", e.what()));
   }
   try {
     return BpeTokenizer::Create(root, source_name);
@@ -923,7 +946,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& sp
 std::vector<std::vector<int32_t>> Tokenizer::EncodeBatch(absl::Span<const absl::string_view> texts,
                                                          int num_threads) const {
   std::vector<std::vector<int32_t>> out(texts.size());
-  if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (num_threads <= 0)
+    num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   num_threads = static_cast<int>(std::min<size_t>(num_threads, texts.size()));
   if (num_threads <= 1) {
     for (size_t i = 0; i < texts.size(); ++i) out[i] = Encode(texts[i]);

@@ -114,6 +114,43 @@ TEST_P(DecoderArchTest, InitialisationDependsOnlyOnSeed) {
   }
 }
 
+// The grad-ready ranges of one backward are disjoint and cover the whole parameter buffer, and
+// the gradients in a range do not change after it is reported (what bucketed all-reduce needs).
+TEST_P(DecoderArchTest, GradReadyRangesCoverAllParametersOnce) {
+  auto cfg = LoadConfig(ConfigPath(GetParam()), {});
+  ASSERT_TRUE(cfg.ok());
+  auto model = Decoder::Create(cfg->model, 1);
+  ASSERT_TRUE(model.ok());
+  Decoder& m = **model;
+  m.InitializeWeights(3);
+  const int64_t n = m.params().numel();
+  std::vector<int> seen(n, 0);
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  std::vector<std::vector<float>> snapshots;
+  const float* g = m.params().flat_grads().f32();
+  m.set_grad_ready_callback([&](int64_t begin, int64_t end) {
+    ranges.emplace_back(begin, end);
+    snapshots.emplace_back(g + begin, g + end);
+    for (int64_t i = begin; i < end; ++i) ++seen[i];
+  });
+  const int64_t t = 16;
+  std::vector<int32_t> tokens(t), targets(t);
+  for (int64_t i = 0; i < t; ++i) {
+    tokens[i] = static_cast<int32_t>(i * 11 % 257);
+    targets[i] = static_cast<int32_t>((i * 11 + 3) % 257);
+  }
+  m.params().ZeroGrads();
+  m.Forward(tokens.data(), targets.data(), nullptr, 1, t);
+  m.Backward(1.0f / t);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(seen[i], 1) << "element " << i;
+  for (size_t r = 0; r < ranges.size(); ++r) {
+    for (int64_t i = ranges[r].first; i < ranges[r].second; ++i) {
+      ASSERT_EQ(snapshots[r][i - ranges[r].first], g[i]) << "range " << r << " changed after ready";
+    }
+  }
+  EXPECT_EQ(static_cast<int64_t>(ranges.size()), cfg->model.n_layer + (cfg->model.tied() ? 2 : 3));
+}
+
 INSTANTIATE_TEST_SUITE_P(Archs, DecoderArchTest,
                          ::testing::Values("tiny-gpt2.yaml", "tiny-llama.yaml"));
 

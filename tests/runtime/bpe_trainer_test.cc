@@ -2,10 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/tokenizer.h"
@@ -16,8 +15,9 @@ namespace {
 
 // A few hundred KB of lines: several counting chunks, so thread counts matter if anything does.
 std::string SyntheticCorpus() {
-  const char* syllables[] = {"ba", "ko", "ri", "tse", "lu", "mon", "dar", "ein", "qua", "sho",
-                             "pel", "vi", "gru", "na", "xo", "te", "'s", "12", "3", "\xC3\xA9"};
+  const char* syllables[] = {"ba",  "ko",  "ri",  "tse", "lu", "mon",     "dar",
+                             "ein", "qua", "sho", "pel", "vi", "gru",     "na",
+                             "xo",  "te",  "'s",  "12",  "3",  "\xC3\xA9"};
   std::string text;
   uint32_t state = 1;
   auto next = [&]() {

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "runtime/rng.h"
 
 namespace lattice {
@@ -16,11 +18,21 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string WriteTemp(const std::string& name, const std::string& text) {
-  const std::string path = ::testing::TempDir() + "/" + name;
-  std::ofstream(path, std::ios::binary) << text;
-  return path;
-}
+// A config file in the temp folder, removed when the test ends.
+class TempFile {
+ public:
+  TempFile(const std::string& name, const std::string& text)
+      // The pid keeps concurrent runs (ctest -j, two build dirs) apart.
+      : path_(::testing::TempDir() + "/lattice_config_test_" + std::to_string(::getpid()) + "_" +
+              name) {
+    std::ofstream(path_, std::ios::binary) << text;
+  }
+  ~TempFile() { std::filesystem::remove(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
 
 // The error message of parsing `yaml` with `overrides`; fails the test if parsing succeeds.
 std::string ParseError(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
@@ -161,7 +173,8 @@ TEST(ConfigTest, DottedKeysAtTopLevel) {
 }
 
 TEST(ConfigTest, UnknownKeysAreRejectedWithASuggestion) {
-  const std::string path = WriteTemp("unknown.yaml", "model:\n  n_layer: 2\n  n_heads: 4\n");
+  const TempFile file("unknown.yaml", "model:\n  n_layer: 2\n  n_heads: 4\n");
+  const std::string& path = file.path();
   absl::StatusOr<Config> c = LoadConfig(path, {});
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
@@ -256,7 +269,8 @@ TEST(ConfigTest, LoadConfigFileErrors) {
   ASSERT_FALSE(dir.ok());
   EXPECT_THAT(dir.status().message(), HasSubstr("is a directory"));
 
-  const std::string path = WriteTemp("bad_div.yaml", "model:\n  d_model: 100\n  n_head: 3\n");
+  const TempFile file("bad_div.yaml", "model:\n  d_model: 100\n  n_head: 3\n");
+  const std::string& path = file.path();
   absl::StatusOr<Config> bad = LoadConfig(path, {});
   ASSERT_FALSE(bad.ok());
   EXPECT_THAT(bad.status().message(), HasSubstr(path));
@@ -265,7 +279,8 @@ TEST(ConfigTest, LoadConfigFileErrors) {
 }
 
 TEST(ConfigTest, OverridesApplyAfterTheFileInOrder) {
-  const std::string path = WriteTemp("base.yaml", "model:\n  n_layer: 4\ndata:\n  train: t\n");
+  const TempFile file("base.yaml", "model:\n  n_layer: 4\ndata:\n  train: t\n");
+  const std::string& path = file.path();
   absl::StatusOr<Config> c = LoadConfig(
       path, {"model.n_layer=8", "train.lr=1e-3", "model.n_layer=6", "data.tokenizer=byte",
              "model.arch=llama", "model.d_ff=172", "parallel.zero1=true", "data.val=v"});
@@ -451,6 +466,7 @@ TEST(ConfigTest, ValidateLayoutDerivesDpAndGlobalBatch) {
   EXPECT_THAT(gbs.ValidateLayout(2).message(),
               HasSubstr("train.global_batch_size=12 is not divisible by "
                         "train.micro_batch_size*dp = 4*2 = 8"));
+  EXPECT_EQ(gbs.parallel.dp, 0);  // a failed call changes nothing
 
   Config bad_world;
   EXPECT_FALSE(bad_world.ValidateLayout(0).ok());
@@ -536,6 +552,21 @@ TEST(ConfigTest, ToYamlRoundTripsUnusualFloats) {
   absl::StatusOr<Config> back = ParseConfig(c.ToYaml(), {});
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(*back, c);
+}
+
+TEST(ConfigTest, EveryPresetLoadsAndRoundTrips) {
+  int presets = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(LATTICE_SOURCE_DIR "/configs")) {
+    if (entry.path().extension() != ".yaml") continue;
+    SCOPED_TRACE(entry.path().string());
+    ++presets;
+    absl::StatusOr<Config> c = LoadConfig(entry.path().string(), {});
+    ASSERT_TRUE(c.ok()) << c.status();
+    absl::StatusOr<Config> back = ParseConfig(c->ToYaml(), {});
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(*back, *c);
+  }
+  EXPECT_GT(presets, 0);
 }
 
 // Mutates YAML text byte-wise and line-wise: parsing must never crash, and whatever parses

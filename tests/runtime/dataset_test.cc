@@ -222,6 +222,33 @@ TEST_F(DatasetTest, RestoreContinuesExactly) {
   }
 }
 
+// Any consumed-sample offset, not only step boundaries, restores to the same samples.
+TEST_F(DatasetTest, RestoreAtAnySample) {
+  auto a = Counting("a", {2000, 345});
+  auto b = Counting("b", {900}, 1 << 20);
+  const std::vector<WeightedSource> srcs = {{0.55, a}, {0.45, b}};
+  auto s = Samples(srcs, 7, 21);
+  for (int64_t consumed : {1, 2, 3, 4095, 4096, 4097, 9999, 12347}) {
+    auto fresh = Samples(srcs, 7, 21);
+    SampleStream stream(fresh, 2, 3, 2);
+    auto state = DataLoaderState::FromJson(s->State(consumed).ToJson());
+    ASSERT_TRUE(state.ok());
+    ASSERT_TRUE(stream.Restore(*state).ok());
+    auto batch = fresh->GetBatch(stream.next_global_index(), 2);
+    ASSERT_TRUE(batch.ok());
+    std::vector<int32_t> in(2 * 7), tg(2 * 7);
+    ASSERT_TRUE(stream.Next(in.data(), tg.data()).ok());
+    EXPECT_EQ(in, batch->inputs);
+    EXPECT_EQ(tg, batch->targets);
+    // Rank 2 of 3 with micro-batch 2 reads global samples consumed + 4 and consumed + 5.
+    const std::vector<int32_t> first = GetSample(*s, consumed + 4);
+    const std::vector<int32_t> second = GetSample(*s, consumed + 5);
+    EXPECT_TRUE(std::equal(first.begin(), first.end() - 1, in.begin())) << consumed;
+    EXPECT_TRUE(std::equal(second.begin() + 1, second.end(), tg.begin() + 7)) << consumed;
+    EXPECT_EQ(stream.consumed_samples(), consumed + 6);
+  }
+}
+
 TEST_F(DatasetTest, StateRoundTripsAndRefusesOtherData) {
   auto a = Counting("a", {500});
   auto s = Samples({{1.0, a}}, 10, 4);

@@ -23,10 +23,39 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::string TempPath(const std::string& name) { return ::testing::TempDir() + "/" + name; }
+// A folder of this process's own, so that concurrent runs (ctest -j, two build dirs) never
+// share files; removed when the tests end.
+const std::string& TempFolder() {
+  static const std::string* const dir = [] {
+    auto* d = new std::string(absl::StrCat(::testing::TempDir(), "/lattice_safetensors_test_",
+                                           ::getpid()));
+    std::filesystem::create_directories(*d);
+    return d;
+  }();
+  return *dir;
+}
+
+class RemoveTempFolder : public ::testing::Environment {
+ public:
+  void TearDown() override { std::filesystem::remove_all(TempFolder()); }
+};
+const auto* const kRemoveTempFolder = ::testing::AddGlobalTestEnvironment(new RemoveTempFolder);
+
+std::string TempPath(const std::string& name) { return TempFolder() + "/" + name; }
 
 void WriteBytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), bytes.size());
+}
+
+// Opens `bytes` written to a fresh file. Loops use this rather than rewriting one file:
+// ext4 flushes a file truncated and rewritten in place on close, which made them slow.
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> OpenBytes(const std::string& bytes) {
+  static int counter = 0;
+  const std::string path = TempPath(absl::StrCat("loop_", counter++));
+  WriteBytes(path, bytes);
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> f = SafetensorsFile::Open(path);
+  std::filesystem::remove(path);  // the mapping, if any, stays valid
+  return f;
 }
 
 std::string ReadBytes(const std::string& path) {
@@ -91,7 +120,8 @@ TEST(SafetensorsTest, RoundTripsEveryDtype) {
   for (const auto& [name, t] : tensors) names.push_back(name);
   EXPECT_EQ((*f)->names(), names);  // file order = the order given to the writer
   EXPECT_EQ((*f)->metadata(),
-            (std::map<std::string, std::string>{{"format", "pt"}, {"step", "12"}, {"arch", "gpt2"}}));
+            (std::map<std::string, std::string>{
+                {"format", "pt"}, {"step", "12"}, {"arch", "gpt2"}}));
   for (const auto& [name, t] : tensors) {
     SCOPED_TRACE(name);
     absl::StatusOr<SafetensorsTensorInfo> info = (*f)->Info(name);
@@ -124,7 +154,7 @@ TEST(SafetensorsTest, RoundTripsEveryDtype) {
   for (const auto& [name, t] : tensors) total += t.nbytes();
   EXPECT_EQ(bytes.size(), total);
   // No temporary file stays behind.
-  for (const auto& entry : std::filesystem::directory_iterator(::testing::TempDir())) {
+  for (const auto& entry : std::filesystem::directory_iterator(TempFolder())) {
     EXPECT_THAT(entry.path().filename().string(),
                 ::testing::Not(HasSubstr("roundtrip.safetensors.tmp")));
   }
@@ -387,16 +417,13 @@ std::string ValidFileBytes() {
 
 TEST(SafetensorsTest, EveryTruncationIsRejected) {
   const std::string bytes = ValidFileBytes();
-  const std::string path = TempPath("truncated.safetensors");
   for (size_t n = 0; n < bytes.size(); ++n) {
-    WriteBytes(path, bytes.substr(0, n));
-    absl::StatusOr<std::unique_ptr<SafetensorsFile>> f = SafetensorsFile::Open(path);
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> f = OpenBytes(bytes.substr(0, n));
     ASSERT_FALSE(f.ok()) << "truncated to " << n << " of " << bytes.size();
     EXPECT_EQ(f.status().code(), absl::StatusCode::kDataLoss);
   }
   // A file that grew at the end is rejected too.
-  WriteBytes(path, bytes + "x");
-  EXPECT_THAT(SafetensorsFile::Open(path).status().message(),
+  EXPECT_THAT(OpenBytes(bytes + "x").status().message(),
               HasSubstr("-byte buffer; the rest belongs to no tensor"));
 }
 
@@ -424,7 +451,6 @@ TEST(SafetensorsTest, FuzzMutatedHeadersNeverCrash) {
   const std::string base = ValidFileBytes();
   uint64_t header_len;
   std::memcpy(&header_len, base.data(), 8);
-  const std::string path = TempPath("fuzz.safetensors");
   const std::string alphabet = "{}[]\",:0123456789-.eE \\ufF32BI_";
   CounterRng rng(99, "safetensors-fuzz");
   uint64_t draw = 0;
@@ -463,8 +489,7 @@ TEST(SafetensorsTest, FuzzMutatedHeadersNeverCrash) {
       const std::string l = U64Le(len);
       bytes.replace(0, 8, l);
     }
-    WriteBytes(path, bytes);
-    absl::StatusOr<std::unique_ptr<SafetensorsFile>> f = SafetensorsFile::Open(path);
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> f = OpenBytes(bytes);
     if (!f.ok()) {
       EXPECT_EQ(f.status().code(), absl::StatusCode::kDataLoss) << f.status();
       continue;
@@ -524,7 +549,8 @@ elif mode == "verify":
     n = struct.unpack("<Q", raw[:8])[0]
     assert n % 8 == 0, n
     with safe_open(path, framework="np") as f:
-        assert f.metadata() == {"format": "pt", "origin": "lattice"}, f.metadata()
+        meta = f.metadata()
+        assert meta == {"format": "pt", "origin": "lattice"}, meta
         names = sorted(f.keys())
         assert names == sorted(["lat.F32", "lat.BF16", "lat.F16", "lat.I32", "lat.U16",
                                 "lat.U32", "lat.scalar"]), names
@@ -537,8 +563,9 @@ elif mode == "verify":
     with safe_open(path, framework="pt") as f:
         b = f.get_tensor("lat.BF16")
         assert b.dtype == torch.bfloat16 and tuple(b.shape) == (2, 5)
-        assert torch.equal(b.float().reshape(-1), torch.tensor(pattern("BF16", 10), dtype=torch.float32))
-    print("python read every lattice tensor back exactly, metadata", {"format": "pt", "origin": "lattice"})
+        want = torch.tensor(pattern("BF16", 10), dtype=torch.float32)
+        assert torch.equal(b.float().reshape(-1), want), b
+    print("python read every lattice tensor back exactly, metadata", meta)
 else:
     sys.exit("unknown mode " + mode)
 )PY";
@@ -600,7 +627,8 @@ TEST(SafetensorsTest, InteropWithPythonSafetensors) {
     tensors.emplace_back(absl::StrCat("lat.", DTypeSafetensorsName(d)), PatternTensor({2, 5}, d));
   }
   tensors.emplace_back("lat.scalar", PatternTensor({}, DType::kF32));
-  ASSERT_TRUE(WriteSafetensors(dir + "/lattice.safetensors", tensors, {{"origin", "lattice"}}).ok());
+  ASSERT_TRUE(
+      WriteSafetensors(dir + "/lattice.safetensors", tensors, {{"origin", "lattice"}}).ok());
   EXPECT_EQ(RunPython(python, "verify", dir), 0);
 }
 

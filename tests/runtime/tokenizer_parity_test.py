@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 
+import tokenizers
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 LATTICE = os.environ.get("LATTICE_BIN", "lattice")
@@ -233,7 +234,7 @@ def main():
     hf_s = time.time() - t0
     mb = len(kjv) / 1e6
     print(f"throughput, KJV {mb:.1f} MB as {len(lines)} documents, GPT-2 style vocab 4096:")
-    print(f"  tokenizers {Tokenizer.__module__} encode_batch ({os.cpu_count()} cores): "
+    print(f"  tokenizers {tokenizers.__version__} encode_batch ({os.cpu_count()} cores): "
           f"{hf_s:.3f} s, {mb / hf_s:.2f} MB/s")
     for threads in (1, 2):
         ours, log = lattice_encode(gpt2_path, kjv_path,

@@ -38,8 +38,8 @@ std::vector<int32_t> ParseIds(const std::string& text) {
 // A tokenizer.json over the 256 byte symbols (ids 0..255 in byte order) plus `extra` tokens
 // (byte-level strings) with ids 256.., and `merges` written in the given form.
 std::string MakeJson(const std::vector<std::string>& extra,
-                     const std::vector<std::pair<std::string, std::string>>& merges,
-                     bool pair_form, const std::string& added_tokens = "[]",
+                     const std::vector<std::pair<std::string, std::string>>& merges, bool pair_form,
+                     const std::string& added_tokens = "[]",
                      const std::string& pre_tokenizer =
                          R"({"type": "ByteLevel", "add_prefix_space": false, "use_regex": true})",
                      bool ignore_merges = false) {
@@ -53,9 +53,11 @@ std::string MakeJson(const std::vector<std::string>& extra,
   };
   std::vector<std::string> vocab;
   for (int b = 0; b < 256; ++b) {
-    vocab.push_back(absl::StrCat(quote(unicode::BytesToByteLevel(std::string(1, char(b)))), ": ", b));
+    vocab.push_back(
+        absl::StrCat(quote(unicode::BytesToByteLevel(std::string(1, char(b)))), ": ", b));
   }
-  for (size_t i = 0; i < extra.size(); ++i) vocab.push_back(absl::StrCat(quote(extra[i]), ": ", 256 + i));
+  for (size_t i = 0; i < extra.size(); ++i)
+    vocab.push_back(absl::StrCat(quote(extra[i]), ": ", 256 + i));
   std::vector<std::string> m;
   for (const auto& [a, b] : merges) {
     m.push_back(pair_form ? absl::StrCat("[", quote(a), ", ", quote(b), "]")
@@ -65,9 +67,9 @@ std::string MakeJson(const std::vector<std::string>& extra,
                       added_tokens, R"(, "normalizer": null, "pre_tokenizer": )", pre_tokenizer,
                       R"(, "post_processor": null, "decoder": {"type": "ByteLevel"},)",
                       R"( "model": {"type": "BPE", "dropout": null, "unk_token": null,)",
-                      R"( "ignore_merges": )", ignore_merges ? "true" : "false",
-                      R"(, "vocab": {)", absl::StrJoin(vocab, ", "), R"(}, "merges": [)",
-                      absl::StrJoin(m, ", "), "]}}");
+                      R"( "ignore_merges": )", ignore_merges ? "true" : "false", R"(, "vocab": {)",
+                      absl::StrJoin(vocab, ", "), R"(}, "merges": [)", absl::StrJoin(m, ", "),
+                      "]}}");
 }
 
 std::unique_ptr<Tokenizer> MustLoad(const std::string& json) {
@@ -103,7 +105,10 @@ TEST(ByteLevelTest, MappingMatchesGpt2) {
 TEST(Utf8Test, LossyReplacesMaximalSubparts) {
   EXPECT_EQ(unicode::Utf8Lossy("a\xE2\x82\xAC"), "a\xE2\x82\xAC");
   EXPECT_EQ(unicode::Utf8Lossy("\xE2\x82"), "\xEF\xBF\xBD");
-  EXPECT_EQ(unicode::Utf8Lossy("\xF0\x9F\x98" "A"), "\xEF\xBF\xBD" "A");
+  EXPECT_EQ(unicode::Utf8Lossy("\xF0\x9F\x98"
+                               "A"),
+            "\xEF\xBF\xBD"
+            "A");
   EXPECT_EQ(unicode::Utf8Lossy("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");
   EXPECT_EQ(unicode::Utf8Lossy("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
   EXPECT_EQ(unicode::DecodeUtf8("\xF0\x9F\x91\x8D", 0).code_point, 0x1F44D);
@@ -111,18 +116,18 @@ TEST(Utf8Test, LossyReplacesMaximalSubparts) {
 }
 
 TEST(Utf8Test, ClassesFollowUnicodeProperties) {
-  EXPECT_EQ(unicode::Classify(0x00E9), unicode::CharClass::kLetter);   // é
-  EXPECT_EQ(unicode::Classify(0x4E2D), unicode::CharClass::kLetter);   // 中
-  EXPECT_EQ(unicode::Classify(0x0663), unicode::CharClass::kNumber);   // Arabic-Indic 3
-  EXPECT_EQ(unicode::Classify(0x216B), unicode::CharClass::kNumber);   // Ⅻ (Nl)
-  EXPECT_EQ(unicode::Classify(0x00BD), unicode::CharClass::kNumber);   // ½ (No)
+  EXPECT_EQ(unicode::Classify(0x00E9), unicode::CharClass::kLetter);  // é
+  EXPECT_EQ(unicode::Classify(0x4E2D), unicode::CharClass::kLetter);  // 中
+  EXPECT_EQ(unicode::Classify(0x0663), unicode::CharClass::kNumber);  // Arabic-Indic 3
+  EXPECT_EQ(unicode::Classify(0x216B), unicode::CharClass::kNumber);  // Ⅻ (Nl)
+  EXPECT_EQ(unicode::Classify(0x00BD), unicode::CharClass::kNumber);  // ½ (No)
   EXPECT_EQ(unicode::Classify(0x00A0), unicode::CharClass::kSpace);
   EXPECT_EQ(unicode::Classify(0x3000), unicode::CharClass::kSpace);
   EXPECT_EQ(unicode::Classify(0x0085), unicode::CharClass::kSpace);
-  EXPECT_EQ(unicode::Classify(0x200B), unicode::CharClass::kOther);    // zero width space
+  EXPECT_EQ(unicode::Classify(0x200B), unicode::CharClass::kOther);  // zero width space
   EXPECT_EQ(unicode::Classify(0x001C), unicode::CharClass::kOther);
-  EXPECT_EQ(unicode::Classify(0x0301), unicode::CharClass::kOther);    // combining acute
-  EXPECT_EQ(unicode::Classify(0x1F44D), unicode::CharClass::kOther);   // emoji
+  EXPECT_EQ(unicode::Classify(0x0301), unicode::CharClass::kOther);   // combining acute
+  EXPECT_EQ(unicode::Classify(0x1F44D), unicode::CharClass::kOther);  // emoji
 }
 
 // ---- Split patterns (expected pieces come from `tokenizers` 0.20.3) ----------------------------
@@ -151,7 +156,12 @@ TEST(SplitTest, TrickyStringsMatchTokenizers) {
        {"caf\xC3\xA9", " \xE4\xB8\xAD\xE6\x96\x87", " \xF0\x9F\x91\x8D\xF0\x9F\x8F\xBD!"}},
       {"don't 'stop'", {"don", "'t", " '", "stop", "'"}, {"don", "'t", " '", "stop", "'"}},
       {"e\xCC\x81t\xC3\xA9", {"e", "\xCC\x81", "t\xC3\xA9"}, {"e", "\xCC\x81t\xC3\xA9"}},
-      {"a\xC2\xA0\xC2\xA0" "b", {"a", "\xC2\xA0", "\xC2\xA0", "b"}, {"a", "\xC2\xA0", "\xC2\xA0" "b"}},
+      {"a\xC2\xA0\xC2\xA0"
+       "b",
+       {"a", "\xC2\xA0", "\xC2\xA0", "b"},
+       {"a", "\xC2\xA0",
+        "\xC2\xA0"
+        "b"}},
       {"?!... ok", {"?!...", " ok"}, {"?!...", " ok"}},
       {"x'\xC5\xBFy", {"x", "'", "\xC5\xBFy"}, {"x", "'\xC5\xBF", "y"}},  // long s folds to s
       {"line\r\n\r\nnext", {"line", "\r\n\r", "\n", "next"}, {"line", "\r\n\r\n", "next"}},
@@ -194,10 +204,11 @@ TEST(SplitTest, RecognizesOnlyTheTwoPatterns) {
 TEST(TokenizerTest, GoldenIdsOfTinyGpt2AndLlama3) {
   const std::string text = ReadData("golden_text.txt");
   for (const char* name : {"gpt2", "llama3"}) {
-    auto tok = Tokenizer::FromFile(std::string(LATTICE_SOURCE_DIR) +
-                                   "/tests/data/tokenizer/tiny_" + name + ".json");
+    auto tok = Tokenizer::FromFile(std::string(LATTICE_SOURCE_DIR) + "/tests/data/tokenizer/tiny_" +
+                                   name + ".json");
     ASSERT_TRUE(tok.ok()) << tok.status();
-    const std::vector<int32_t> expected = ParseIds(ReadData(absl::StrCat("golden_ids_", name, ".txt")));
+    const std::vector<int32_t> expected =
+        ParseIds(ReadData(absl::StrCat("golden_ids_", name, ".txt")));
     ASSERT_GT(expected.size(), 500u);
     EXPECT_EQ((*tok)->Encode(text), expected) << name;
     auto decoded = (*tok)->Decode(expected);
@@ -220,7 +231,9 @@ TEST(TokenizerTest, Llama3AddedTokenIdsAndEot) {
 // ---- Model semantics on hand-made files --------------------------------------------------------
 
 TEST(TokenizerTest, StringAndPairMergeFormsAgree) {
-  const std::vector<std::string> extra = {"ab", "abc", "\xC4\xA0" "a"};  // 256, 257, 258
+  const std::vector<std::string> extra = {"ab", "abc",
+                                          "\xC4\xA0"
+                                          "a"};  // 256, 257, 258
   const std::vector<std::pair<std::string, std::string>> merges = {
       {"a", "b"}, {"ab", "c"}, {"\xC4\xA0", "a"}};
   auto s = MustLoad(MakeJson(extra, merges, false));
@@ -255,7 +268,9 @@ TEST(TokenizerTest, IgnoreMergesTakesWholeWordsFromTheVocab) {
 }
 
 TEST(TokenizerTest, AddPrefixSpace) {
-  auto tok = MustLoad(MakeJson({"\xC4\xA0" "a"}, {{"\xC4\xA0", "a"}}, true, "[]",
+  auto tok = MustLoad(MakeJson({"\xC4\xA0"
+                                "a"},
+                               {{"\xC4\xA0", "a"}}, true, "[]",
                                R"({"type": "ByteLevel", "add_prefix_space": true})"));
   ASSERT_TRUE(tok);
   EXPECT_EQ(tok->Encode("a"), Ids({256}));
@@ -279,8 +294,8 @@ TEST(TokenizerTest, AddedTokensMatchLeftmostLongestBeforeSplitting) {
   EXPECT_EQ(tok->eot_id(), 256);
   EXPECT_EQ(tok->Encode("a<|endoftext|>b"), Ids({'a', 256, 'b'}));
   EXPECT_EQ(tok->Encode("<|end|>x<|end|>y"), Ids({258, 257, 'y'}));
-  EXPECT_EQ(tok->Encode("<|endoftext|"), Ids({'<', '|', 'e', 'n', 'd', 'o', 'f', 't', 'e', 'x',
-                                               't', '|'}));
+  EXPECT_EQ(tok->Encode("<|endoftext|"),
+            Ids({'<', '|', 'e', 'n', 'd', 'o', 'f', 't', 'e', 'x', 't', '|'}));
   EXPECT_EQ(tok->Encode("a word"), Ids({'a', ' ', 259}));  // byte ' ' (mapped to 'Ġ') is id 32
   EXPECT_EQ(tok->Encode("swords"), Ids({'s', 'w', 'o', 'r', 'd', 's'}));  // not a single word
   auto decoded = tok->Decode(tok->Encode("x<|endoftext|>y word"));
@@ -313,8 +328,8 @@ TEST(TokenizerTest, ArbitraryBytesRoundTrip) {
 }
 
 TEST(TokenizerTest, EncodeBatchEqualsEncode) {
-  auto tok = Tokenizer::FromFile(std::string(LATTICE_SOURCE_DIR) +
-                                 "/tests/data/tokenizer/tiny_gpt2.json");
+  auto tok =
+      Tokenizer::FromFile(std::string(LATTICE_SOURCE_DIR) + "/tests/data/tokenizer/tiny_gpt2.json");
   ASSERT_TRUE(tok.ok()) << tok.status();
   const std::string text = ReadData("golden_text.txt");
   std::vector<std::string> docs;
@@ -398,9 +413,10 @@ TEST(TokenizerErrorTest, FuzzedFilesNeverCrash) {
       "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
       "behavior": "Isolated", "invert": false}, {"type": "ByteLevel", "add_prefix_space": false,
       "use_regex": false}]})";
-  const std::string base =
-      MakeJson({"ab", "abc", "\xC4\xA0" "a"}, {{"a", "b"}, {"ab", "c"}, {"\xC4\xA0", "a"}}, true,
-               added, pre);
+  const std::string base = MakeJson({"ab", "abc",
+                                     "\xC4\xA0"
+                                     "a"},
+                                    {{"a", "b"}, {"ab", "c"}, {"\xC4\xA0", "a"}}, true, added, pre);
   ASSERT_TRUE(MustLoad(base));
   std::mt19937 rng(12345);
   const char junk[] = "{}[]\",:0123456789 -.eEnulltrueafsBPE\\u\xC4\xA0\xFF";
@@ -411,11 +427,21 @@ TEST(TokenizerErrorTest, FuzzedFilesNeverCrash) {
     for (int e = 0; e < edits && !s.empty(); ++e) {
       const size_t pos = rng() % s.size();
       switch (rng() % 5) {
-        case 0: s.erase(pos, 1 + rng() % 8); break;
-        case 1: s.insert(pos, 1, junk[rng() % (sizeof(junk) - 1)]); break;
-        case 2: s[pos] = junk[rng() % (sizeof(junk) - 1)]; break;
-        case 3: s.insert(pos, s.substr(rng() % s.size(), 1 + rng() % 16)); break;
-        default: s.resize(pos); break;
+        case 0:
+          s.erase(pos, 1 + rng() % 8);
+          break;
+        case 1:
+          s.insert(pos, 1, junk[rng() % (sizeof(junk) - 1)]);
+          break;
+        case 2:
+          s[pos] = junk[rng() % (sizeof(junk) - 1)];
+          break;
+        case 3:
+          s.insert(pos, s.substr(rng() % s.size(), 1 + rng() % 16));
+          break;
+        default:
+          s.resize(pos);
+          break;
       }
     }
     auto tok = Tokenizer::FromJson(s, "fuzz.json");
