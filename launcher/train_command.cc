@@ -1,10 +1,24 @@
+#include <cstdio>
+
 #include "launcher/commands.h"
 #include "launcher/options.h"
 #include "launcher/trainer.h"
+#include "parallel/mpi_communicator.h"
 
 namespace lattice {
 
 namespace po = boost::program_options;
+
+namespace {
+
+absl::Status Train(const std::string& config, const std::vector<std::string>& sets,
+                   Communicator& world) {
+  LATTICE_ASSIGN_OR_RETURN(Config cfg, LoadConfig(config, sets));
+  LATTICE_ASSIGN_OR_RETURN(auto trainer, Trainer::Create(cfg, world));
+  return trainer->Run();
+}
+
+}  // namespace
 
 absl::Status RunTrainCommand(const CommandArgs& args) {
   po::options_description desc("lattice train");
@@ -16,9 +30,18 @@ absl::Status RunTrainCommand(const CommandArgs& args) {
   bool help;
   LATTICE_RETURN_IF_ERROR(ParseOptions("train", args, desc, vm, &help));
   if (help) return absl::OkStatus();
-  LATTICE_ASSIGN_OR_RETURN(Config cfg, LoadConfig(config, sets));
-  LATTICE_ASSIGN_OR_RETURN(auto trainer, Trainer::Create(cfg));
-  return trainer->Run();
+  // MPI is initialised only when mpirun/srun launched this process; otherwise the world is
+  // this one process (SelfCommunicator) and no MPI library call is made.
+  LATTICE_ASSIGN_OR_RETURN(auto mpi, MpiRuntime::Initialize(nullptr, nullptr));
+  LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> world, CreateWorldCommunicator());
+  absl::Status status = Train(config, sets, *world);
+  if (!status.ok() && world->size() > 1) {
+    // A rank that fails cannot leave the others waiting in a collective: this is the launcher's
+    // top level (the only place allowed to end the process), and AbortWorld prints
+    // "lattice: rank R: <message>" and takes every rank down with a non-zero exit.
+    AbortWorld(*world, status);
+  }
+  return status;
 }
 
 }  // namespace lattice

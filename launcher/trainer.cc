@@ -3,12 +3,15 @@
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/grad_norm.h"
 #include "kernels/matmul.h"
 #include "nlohmann/json.hpp"
+#include "parallel/data_parallel.h"
+#include "parallel/launch_env.h"
 #include "runtime/dataset.h"
 #include "runtime/safetensors.h"
 
@@ -22,14 +25,28 @@ absl::Status BatchReader::Read(int64_t first, int64_t b, MicroBatch& out) const 
   return samples_->GetBatch(first, b, out.inputs.data(), out.targets.data());
 }
 
-absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg) {
-  std::unique_ptr<Trainer> tr(new Trainer(cfg));
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Communicator& world) {
+  std::unique_ptr<Trainer> tr(new Trainer(cfg, world));
   Config& c = tr->cfg_;
-  LATTICE_RETURN_IF_ERROR(c.ValidateLayout(1));
-  if (c.train.threads > 0) kernels::cpu::SetNumThreads(c.train.threads);
+  LATTICE_RETURN_IF_ERROR(c.ValidateLayout(world.size()));
+  if (c.parallel.tp > 1 || c.parallel.pp > 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "parallel.tp=", c.parallel.tp, " parallel.pp=", c.parallel.pp,
+        ": tensor and pipeline parallelism are not wired into the trainer yet; use data "
+        "parallelism (parallel.tp=1, parallel.pp=1, parallel.dp=world size)"));
+  }
+  tr->dp_ = c.parallel.dp;
+  if (c.train.threads > 0) {
+    kernels::cpu::SetNumThreads(c.train.threads);
+  } else if (world.size() > 1) {
+    // Ranks sharing a node share its cores; oversubscribed OpenMP threads spin against each other.
+    auto env = ReadLaunchEnv();
+    const int local = env.ok() && env->local_size > 0 ? env->local_size : world.size();
+    const int cores = static_cast<int>(std::thread::hardware_concurrency());
+    kernels::cpu::SetNumThreads(std::max(1, cores / local));
+  }
   const int64_t mbs = c.train.micro_batch_size;
-  const int64_t gbs = c.train.global_batch_size > 0 ? c.train.global_batch_size : mbs;
-  tr->micro_batches_ = gbs / mbs;
+  tr->micro_batches_ = c.train.global_batch_size / (mbs * tr->dp_);
 
   LATTICE_ASSIGN_OR_RETURN(tr->model_, Decoder::Create(c.model, mbs));
   if (!c.train.init_weights.empty()) {
@@ -37,7 +54,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg) {
   } else {
     tr->model_->InitializeWeights(c.train.seed);
   }
-  tr->optimizer_ = std::make_unique<AdamW>(tr->model_->params(), c.train);
+  DataParallelOptions dpo;
+  dpo.zero1 = c.parallel.zero1;
+  LATTICE_ASSIGN_OR_RETURN(tr->engine_,
+                           DataParallelEngine::Create(*tr->model_, c.train, world, dpo));
 
   DatasetOptions data = DatasetOptions::FromConfig(c);
   // Without data.val there is no evaluation (rather than silently training on less data).
@@ -47,7 +67,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg) {
   if (streams.val) tr->val_ = std::make_unique<BatchReader>(streams.val, c.model.seq_len);
   tr->batches_.resize(tr->micro_batches_);
 
-  if (!c.train.metrics_file.empty()) {
+  if (!c.train.metrics_file.empty() && tr->is_logger()) {
     tr->metrics_ = std::fopen(c.train.metrics_file.c_str(), "w");
     if (tr->metrics_ == nullptr) {
       return absl::PermissionDeniedError(
@@ -57,47 +77,36 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg) {
   return tr;
 }
 
+int64_t Trainer::FirstSample(int64_t consumed, int64_t i) const {
+  const int64_t mbs = cfg_.train.micro_batch_size;
+  return consumed + i * mbs * dp_ + world_.rank() * mbs;
+}
+
 absl::StatusOr<StepMetrics> Trainer::Step() {
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
   const int64_t mbs = cfg_.train.micro_batch_size;
   StepMetrics m;
-  m.step = optimizer_->step() + 1;
+  m.step = engine_->step() + 1;
   m.lr = LearningRate(cfg_.train, m.step);
-
-  // Read the whole global batch first: the loss is the mean over every counted target of the
-  // global batch (not a mean of micro-batch means), so the result is independent of how the
-  // batch is split into micro-batches and ranks.
-  int64_t total_tokens = 0;
+  // The loss is the mean over every counted target of the global batch (not a mean of
+  // micro-batch means), so the result does not depend on micro-batching or the number of ranks.
   for (int64_t i = 0; i < micro_batches_; ++i) {
-    LATTICE_RETURN_IF_ERROR(train_->Read(consumed_samples_ + i * mbs, mbs, batches_[i]));
-    for (int32_t tgt : batches_[i].targets) total_tokens += tgt >= 0 ? 1 : 0;
+    LATTICE_RETURN_IF_ERROR(train_->Read(FirstSample(consumed_samples_, i), mbs, batches_[i]));
   }
-  model_->params().ZeroGrads();
-  double loss_sum = 0;
-  const float dloss = total_tokens > 0 ? 1.0f / static_cast<float>(total_tokens) : 0.0f;
-  for (const MicroBatch& mb : batches_) {
-    ForwardResult r = model_->Forward(mb.inputs.data(), mb.targets.data(), nullptr, mb.b, mb.t);
-    loss_sum += r.loss_sum;
-    model_->Backward(dloss);
-  }
-  m.loss = total_tokens > 0 ? loss_sum / static_cast<double>(total_tokens) : 0.0;
-  m.grad_norm = GlobalGradNorm(model_->params());
-  if (!std::isfinite(m.loss) || !std::isfinite(m.grad_norm)) {
-    // Megatron's behaviour: skip the update, count the iteration, keep going.
-    m.skipped = true;
-    ++nan_iterations_;
-    optimizer_->set_step(optimizer_->step() + 1);
-  } else {
-    const float clip = kernels::cpu::ClipCoefficient(m.grad_norm, cfg_.train.grad_clip);
-    optimizer_->Step(model_->params(), m.lr, clip);
-  }
-  consumed_samples_ += micro_batches_ * mbs;
+  LATTICE_ASSIGN_OR_RETURN(DataParallelStepResult r, engine_->Step(batches_, m.lr));
+  m.loss = r.loss;
+  m.grad_norm = r.grad_norm;
+  // Megatron's behaviour for a non-finite loss or norm: skip the update, count it, go on.
+  m.skipped = r.skipped;
+  nan_iterations_ += r.skipped ? 1 : 0;
+  consumed_samples_ += micro_batches_ * mbs * dp_;
   const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-  const double tokens = static_cast<double>(micro_batches_ * mbs * cfg_.model.seq_len);
+  const double tokens = static_cast<double>(micro_batches_ * mbs * dp_ * cfg_.model.seq_len);
   m.step_ms = ms;
   m.tokens_per_s = tokens / (ms / 1000.0);
-  m.tflops = model_->FlopsPerToken(cfg_.model.seq_len) * m.tokens_per_s / 1e12;
+  // Per device, as Megatron's "throughput per GPU".
+  m.tflops = model_->FlopsPerToken(cfg_.model.seq_len) * m.tokens_per_s / dp_ / 1e12;
   m.consumed_samples = consumed_samples_;
   return m;
 }
@@ -105,16 +114,19 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
 absl::StatusOr<double> Trainer::Evaluate() {
   if (!val_) return absl::FailedPreconditionError("no validation data (data.val)");
   const int64_t mbs = cfg_.train.micro_batch_size;
-  double sum = 0;
-  int64_t count = 0;
+  // As Megatron: eval_iters global batches of the validation order (eval_iters *
+  // global_batch_size samples), shared by the data-parallel ranks, so the value does not
+  // depend on the layout.
+  double totals[2] = {0, 0};  // loss sum, counted tokens
   MicroBatch mb;
-  for (int64_t i = 0; i < cfg_.train.eval_iters; ++i) {
-    LATTICE_RETURN_IF_ERROR(val_->Read(i * mbs, mbs, mb));
+  for (int64_t i = 0; i < cfg_.train.eval_iters * micro_batches_; ++i) {
+    LATTICE_RETURN_IF_ERROR(val_->Read(FirstSample(0, i), mbs, mb));
     ForwardResult r = model_->Forward(mb.inputs.data(), mb.targets.data(), nullptr, mb.b, mb.t);
-    sum += r.loss_sum;
-    count += r.num_tokens;
+    totals[0] += r.loss_sum;
+    totals[1] += static_cast<double>(r.num_tokens);
   }
-  return count > 0 ? sum / static_cast<double>(count) : 0.0;
+  LATTICE_RETURN_IF_ERROR(SumInRankOrder(world_, absl::MakeSpan(totals, 2)));
+  return totals[1] > 0 ? totals[0] / totals[1] : 0.0;
 }
 
 absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss) {
@@ -142,24 +154,30 @@ absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss)
 
 absl::Status Trainer::Run() {
   const ModelConfig& mc = cfg_.model;
-  const int64_t gbs = micro_batches_ * cfg_.train.micro_batch_size;
-  std::printf("lattice train: %s model, %lld parameters (%lld in matmuls), layout dp=1 tp=1 pp=1\n",
-              mc.arch == Arch::kGpt2 ? "gpt2" : "llama",
-              static_cast<long long>(model_->params().numel()),
-              static_cast<long long>(model_->num_matmul_params()));
-  std::printf(
-      "lattice train: micro batch %lld x %lld micro-batches = global batch %lld, seq_len %lld\n",
-      static_cast<long long>(cfg_.train.micro_batch_size), static_cast<long long>(micro_batches_),
-      static_cast<long long>(gbs), static_cast<long long>(mc.seq_len));
-  std::printf(
-      "lattice train: memory per rank: parameters %.2f MiB, gradients %.2f MiB, optimizer state "
-      "%.2f MiB, activations %.2f MiB per micro-batch (+ %.2f MiB backward scratch)\n",
-      model_->params().numel() * 4 / 1048576.0, model_->params().numel() * 4 / 1048576.0,
-      optimizer_->state_bytes() / 1048576.0, model_->activation_bytes() / 1048576.0,
-      model_->scratch_bytes() / 1048576.0);
-  std::fflush(stdout);
+  const int64_t gbs = micro_batches_ * cfg_.train.micro_batch_size * dp_;
+  const DataParallelMemory mem = engine_->memory();
+  if (is_logger()) {
+    std::printf(
+        "lattice train: %s model, %lld parameters (%lld in matmuls), layout dp=%lld tp=%lld "
+        "pp=%lld, zero1=%s\n",
+        mc.arch == Arch::kGpt2 ? "gpt2" : "llama", static_cast<long long>(model_->params().numel()),
+        static_cast<long long>(model_->num_matmul_params()), static_cast<long long>(dp_),
+        static_cast<long long>(cfg_.parallel.tp), static_cast<long long>(cfg_.parallel.pp),
+        cfg_.parallel.zero1 ? "on" : "off");
+    std::printf(
+        "lattice train: micro batch %lld x %lld micro-batches x dp %lld = global batch %lld, "
+        "seq_len %lld\n",
+        static_cast<long long>(cfg_.train.micro_batch_size), static_cast<long long>(micro_batches_),
+        static_cast<long long>(dp_), static_cast<long long>(gbs), static_cast<long long>(mc.seq_len));
+    std::printf(
+        "lattice train: memory per rank: parameters %.2f MiB, gradients %.2f MiB, optimizer "
+        "state %.2f MiB, activations %.2f MiB per micro-batch (+ %.2f MiB backward scratch)\n",
+        mem.params / 1048576.0, mem.grads / 1048576.0, mem.optimizer_state / 1048576.0,
+        model_->activation_bytes() / 1048576.0, model_->scratch_bytes() / 1048576.0);
+    std::fflush(stdout);
+  }
   const auto start = std::chrono::steady_clock::now();
-  for (int64_t s = optimizer_->step(); s < cfg_.train.steps; ++s) {
+  for (int64_t s = engine_->step(); s < cfg_.train.steps; ++s) {
     LATTICE_ASSIGN_OR_RETURN(StepMetrics m, Step());
     double val_loss = 0;
     bool have_val = false;
@@ -168,7 +186,7 @@ absl::Status Trainer::Run() {
       LATTICE_ASSIGN_OR_RETURN(val_loss, Evaluate());
       have_val = true;
     }
-    if (cfg_.train.log_interval > 0 &&
+    if (is_logger() && cfg_.train.log_interval > 0 &&
         (m.step % cfg_.train.log_interval == 0 || m.step == cfg_.train.steps || m.step == 1)) {
       std::printf(
           " iteration %8lld/%8lld | consumed samples: %12lld | elapsed time per iteration (ms): "
@@ -180,7 +198,7 @@ absl::Status Trainer::Run() {
           static_cast<long long>(gbs), m.loss, m.grad_norm, static_cast<long long>(m.skipped),
           static_cast<long long>(nan_iterations_));
     }
-    if (have_val) {
+    if (have_val && is_logger()) {
       std::printf(" validation loss at iteration %lld | lm loss value: %.6E | lm loss PPL: %.6E |\n",
                   static_cast<long long>(m.step), val_loss, std::exp(val_loss));
     }
@@ -189,11 +207,16 @@ absl::Status Trainer::Run() {
   }
   const double minutes =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
-  std::printf("lattice train: %lld steps in %.2f minutes\n",
-              static_cast<long long>(cfg_.train.steps), minutes);
+  if (is_logger()) {
+    std::printf("lattice train: %lld steps in %.2f minutes\n",
+                static_cast<long long>(cfg_.train.steps), minutes);
+  }
   if (!cfg_.train.save_weights.empty()) {
-    LATTICE_RETURN_IF_ERROR(SaveWeights(*model_, cfg_.train.save_weights));
-    std::printf("lattice train: saved weights to %s\n", cfg_.train.save_weights.c_str());
+    // Every replica holds the same parameters; rank 0 writes, and every rank learns the outcome.
+    absl::Status saved =
+        is_logger() ? SaveWeights(*model_, cfg_.train.save_weights) : absl::OkStatus();
+    LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world_, saved));
+    if (is_logger()) std::printf("lattice train: saved weights to %s\n", cfg_.train.save_weights.c_str());
   }
   if (metrics_ != nullptr) std::fclose(metrics_);
   metrics_ = nullptr;

@@ -1,6 +1,8 @@
-// The single-process training loop: micro-batches with gradient accumulation, warmup + decay
-// schedule, global-norm clipping, AdamW, periodic evaluation, a Megatron-style console line and
-// a JSONL metrics file.
+// The training loop: micro-batches with gradient accumulation, warmup + decay schedule,
+// global-norm clipping, AdamW (or ZeRO-1), periodic evaluation, a Megatron-style console line
+// and a JSONL metrics file. Data parallel over the world communicator (parallel/dp_step.h):
+// with one rank it is the plain single-process loop. Tensor and pipeline parallelism are not
+// wired in yet (parallel.tp/pp > 1 is rejected up front).
 #ifndef LATTICE_LAUNCHER_TRAINER_H_
 #define LATTICE_LAUNCHER_TRAINER_H_
 
@@ -13,6 +15,8 @@
 #include "absl/status/statusor.h"
 #include "model/decoder.h"
 #include "model/optimizer.h"
+#include "parallel/communicator.h"
+#include "parallel/dp_step.h"
 #include "runtime/config.h"
 
 namespace lattice {
@@ -20,11 +24,7 @@ namespace lattice {
 class TrainingSamples;
 
 // One micro-batch of token ids: inputs (B, T) and targets (B, T) = inputs shifted by one.
-struct MicroBatch {
-  int64_t b = 0, t = 0;
-  std::vector<int32_t> inputs;
-  std::vector<int32_t> targets;
-};
+using MicroBatch = TokenBatch;
 
 // Reads micro-batches of consecutive global samples from a sample stream.
 class BatchReader {
@@ -53,7 +53,8 @@ struct StepMetrics {
 
 class Trainer {
  public:
-  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const Config& cfg);
+  // `world` must outlive the trainer; every rank calls Create with the same config.
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const Config& cfg, Communicator& world);
 
   // Runs cfg.train.steps optimizer steps (logging, evaluating and finally saving weights).
   absl::Status Run();
@@ -66,15 +67,21 @@ class Trainer {
   int64_t consumed_samples() const { return consumed_samples_; }
 
  private:
-  explicit Trainer(const Config& cfg) : cfg_(cfg) {}
+  Trainer(const Config& cfg, Communicator& world) : cfg_(cfg), world_(world) {}
   absl::Status WriteMetrics(const StepMetrics& m, const double* val_loss);
+  // Global index of this rank's first sample of local micro-batch i, at `consumed` samples
+  // (Megatron's sampler, runtime/dataset.h).
+  int64_t FirstSample(int64_t consumed, int64_t i) const;
+  bool is_logger() const { return world_.rank() == 0; }
 
   Config cfg_;
+  Communicator& world_;
+  int64_t dp_ = 1;
   std::unique_ptr<Decoder> model_;
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<DataParallelEngine> engine_;
   std::unique_ptr<BatchReader> train_;
   std::unique_ptr<BatchReader> val_;
-  int64_t micro_batches_ = 1;
+  int64_t micro_batches_ = 1;  // local micro-batches per step: gbs / (mbs * dp)
   int64_t consumed_samples_ = 0;
   int64_t nan_iterations_ = 0;
   FILE* metrics_ = nullptr;

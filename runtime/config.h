@@ -61,7 +61,7 @@ struct TrainConfig {
   float grad_clip = 1.0f;           // train.grad_clip (<= 0 disables)
   int64_t log_interval = 1;         // train.log_interval
   int64_t eval_interval = 0;        // train.eval_interval (0 = never)
-  int64_t eval_iters = 10;          // train.eval_iters (micro-batches per evaluation)
+  int64_t eval_iters = 10;          // train.eval_iters (global batches per evaluation)
   std::string metrics_file;         // train.metrics_file (JSONL, one object per step)
   std::string init_weights;         // train.init_weights (safetensors to start from)
   std::string save_weights;         // train.save_weights (safetensors written at the end)
