@@ -2,7 +2,6 @@
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
-#include <iostream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "launcher/commands.h"
+#include "launcher/options.h"
 #include "runtime/bpe_trainer.h"
 #include "runtime/mapped_file.h"
 #include "runtime/status.h"
@@ -29,27 +29,6 @@ constexpr char kUsage[] =
     "  decode   print the text of space-separated token ids\n\n"
     "`lattice tokenizer <subcommand> --help` describes its options. A tokenizer is a\n"
     "Hugging Face tokenizer.json path, or \"byte\" for the 257-symbol byte tokenizer.\n";
-
-// Parses `args` against `desc`; *help is set (and usage printed) for --help.
-absl::Status Parse(const std::string& name, const std::vector<std::string>& args,
-                   const po::options_description& desc, po::variables_map* vm, bool* help) {
-  po::options_description all = desc;
-  all.add_options()("help,h", "print this help");
-  *help = false;
-  try {
-    po::store(po::command_line_parser(args).options(all).run(), *vm);
-    if (vm->count("help")) {
-      std::cout << "usage: lattice tokenizer " << name << " [options]\n" << all << "\n";
-      *help = true;
-      return absl::OkStatus();
-    }
-    po::notify(*vm);
-  } catch (const po::error& e) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(e.what(), " (see `lattice tokenizer ", name, " --help`)"));
-  }
-  return absl::OkStatus();
-}
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> f, MappedFile::Open(path));
@@ -99,7 +78,7 @@ absl::Status RunTrain(const std::vector<std::string>& args) {
   // clang-format on
   po::variables_map vm;
   bool help = false;
-  LATTICE_RETURN_IF_ERROR(Parse("train", args, desc, &vm, &help));
+  LATTICE_RETURN_IF_ERROR(ParseOptions("tokenizer train", args, desc, vm, &help));
   if (help) return absl::OkStatus();
 
   BpeTrainerOptions options;
@@ -141,7 +120,7 @@ absl::Status RunEncode(const std::vector<std::string>& args) {
   // clang-format on
   po::variables_map vm;
   bool help = false;
-  LATTICE_RETURN_IF_ERROR(Parse("encode", args, desc, &vm, &help));
+  LATTICE_RETURN_IF_ERROR(ParseOptions("tokenizer encode", args, desc, vm, &help));
   if (help) return absl::OkStatus();
   if (vm.count("text") == vm.count("input")) {
     return absl::InvalidArgumentError("encode: give exactly one of --text and --input");
@@ -199,7 +178,7 @@ absl::Status RunDecode(const std::vector<std::string>& args) {
   // clang-format on
   po::variables_map vm;
   bool help = false;
-  LATTICE_RETURN_IF_ERROR(Parse("decode", args, desc, &vm, &help));
+  LATTICE_RETURN_IF_ERROR(ParseOptions("tokenizer decode", args, desc, vm, &help));
   if (help) return absl::OkStatus();
   if (vm.count("ids") == vm.count("input")) {
     return absl::InvalidArgumentError("decode: give exactly one of --ids and --input");

@@ -13,18 +13,25 @@
 //   lm_head              (Vp, C)        only when embeddings are untied
 // C = d_model, H = n_head, K = n_kv_head, D = C/H, F = d_ff, T = seq_len.
 //
-// The model knows nothing about parallelism; parallel/ drives it through its layer methods.
+// Tensor parallelism shards these by heads (qkv rows, proj columns), by d_ff (fc rows, mlp.proj
+// columns) and by vocabulary rows (wte, lm_head); norms and the biases added after a row-parallel
+// linear are replicated. Parameter.sharding maps each local shard onto the names and layouts
+// above. The model knows nothing about MPI: parallel/ passes a ModelShard and TensorParallelOps
+// (model/tensor_parallel.h) and drives chunks through ForwardChunk/BackwardChunk.
 #ifndef LATTICE_MODEL_DECODER_H_
 #define LATTICE_MODEL_DECODER_H_
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <utility>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "model/parameters.h"
+#include "model/tensor_parallel.h"
 #include "runtime/config.h"
 #include "runtime/tensor.h"
 
@@ -45,18 +52,27 @@ struct KvCache {
 
 class Decoder {
  public:
-  // Allocates parameters and the activations of one micro-batch of (batch, cfg.seq_len).
+  // The whole model on one rank, with activations for micro-batches of (batch, cfg.seq_len).
   static absl::StatusOr<std::unique_ptr<Decoder>> Create(const ModelConfig& cfg, int64_t batch);
+  // One rank's part (model/tensor_parallel.h). `tp` (needed when shard.tp_size > 1) must
+  // outlive the decoder. InvalidArgument names the sizes that do not divide.
+  static absl::StatusOr<std::unique_ptr<Decoder>> Create(const ModelConfig& cfg, int64_t batch,
+                                                          const ModelShard& shard,
+                                                          TensorParallelOps* tp);
 
   // Parameter count of a configuration, without allocating anything (presets up to 70B).
   static int64_t CountParameters(const ModelConfig& cfg);
 
   const ModelConfig& config() const { return cfg_; }
+  const ModelShard& shard() const { return shard_; }
+  int64_t batch() const { return batch_; }
   ParameterSet& params() { return params_; }
   const ParameterSet& params() const { return params_; }
-  // Initialises every parameter from (seed, name, index) and zeroes the padded vocab rows.
+  // Initialises every parameter from (seed, name, global index) and zeroes the padded vocab
+  // rows: every sharding holds exactly the unsharded model's initial values.
   void InitializeWeights(uint64_t seed);
 
+  // ---- The whole model (shard().whole()). ----
   // Forward over tokens (B, T) with B <= batch and T <= seq_len. With targets (B, T) (and an
   // optional loss_mask (B, T)) computes the per-token losses; without, only the logits.
   ForwardResult Forward(const int32_t* tokens, const int32_t* targets, const float* loss_mask,
@@ -65,6 +81,25 @@ class Decoder {
   // `dloss` (e.g. 1 / tokens in the global batch). Parameter gradients ACCUMULATE.
   void Backward(float dloss);
 
+  // ---- One model chunk of one micro-batch (pipeline and tensor parallelism). ----
+  // Rows of the hidden state passed between chunks: b*t, or b*t/tp with sequence parallelism.
+  int64_t HiddenRows(int64_t b, int64_t t) const;
+  int num_chunks() const { return static_cast<int>(chunks_.size()); }
+  bool ChunkHasEmbedding(int chunk) const { return chunk == 0 && shard_.embedding; }
+  bool ChunkHasHead(int chunk) const { return chunk + 1 == num_chunks() && shard_.head; }
+  // Forward of chunk `chunk` for micro-batch `micro`, keeping its activations until
+  // BackwardChunk (or DropActivations). The embedding chunk reads `tokens` (B, T), others
+  // `input` (HiddenRows, C); the head chunk reads `targets`/`loss_mask` and returns the loss
+  // (identical on every tensor-parallel rank), others write `output` (HiddenRows, C).
+  ForwardResult ForwardChunk(int chunk, int micro, const int32_t* tokens, const int32_t* targets,
+                             const float* loss_mask, const float* input, float* output, int64_t b,
+                             int64_t t);
+  // Backward of that forward: `doutput` (HiddenRows, C) unless the chunk has the head (then
+  // every counted token's loss gradient is `dloss`); writes `dinput` (HiddenRows, C) unless the
+  // chunk has the embedding. Parameter gradients ACCUMULATE. Frees the activations.
+  void BackwardChunk(int chunk, int micro, float dloss, const float* doutput, float* dinput);
+  void DropActivations(int chunk, int micro);
+
   // Called during Backward each time the gradients of a contiguous range [begin, end) of the
   // flat parameter buffer are complete for this micro-batch (the final norm and untied head
   // first, then layers L-1 .. 0, then the embeddings), so data parallelism can start reducing a
@@ -72,77 +107,117 @@ class Decoder {
   using GradReadyFn = std::function<void(int64_t begin, int64_t end)>;
   void set_grad_ready_callback(GradReadyFn fn) { grad_ready_ = std::move(fn); }
 
-  // Logits (B, T, Vp) of the last Forward without targets (with targets they are overwritten by
-  // the fused loss backward only in Backward()).
-  const float* logits() const { return logits_.f32(); }
+  // Logits (B, T, Vp) of the last whole-model Forward without targets.
+  const float* logits() const;
 
-  // Generation: a cache for up to max_len positions; DecodeStep appends one token at position
-  // cache.len and writes logits (Vp) for the next token.
+  // Generation (whole model only): a cache for up to max_len positions; DecodeStep appends one
+  // token at position cache.len and writes logits (Vp) for the next token.
   KvCache NewKvCache(int64_t max_len) const;
   void DecodeStep(int32_t token, KvCache& cache, float* logits_out);
 
-  // Bytes of activations kept for one micro-batch (what Backward needs), and of the scratch
-  // gradient buffers; reported by the trainer.
+  // Bytes of activations kept for one micro-batch (all of this rank's chunks), and of the
+  // scratch buffers; reported by the trainer.
   int64_t activation_bytes() const { return activation_bytes_; }
   int64_t scratch_bytes() const { return scratch_bytes_; }
+  // Micro-batch activation sets (one per chunk and micro-batch) alive now and at the peak
+  // since the last ResetPeak(); a pipeline schedule's memory bound is asserted on these.
+  int in_flight() const { return in_flight_; }
+  int peak_in_flight() const { return peak_in_flight_; }
+  int64_t peak_activation_bytes() const { return peak_activation_bytes_; }
+  void ResetPeak() { peak_in_flight_ = in_flight_; peak_activation_bytes_ = live_bytes_; }
 
-  // Matmul parameters (for the MFU convention: 6 * N_matmul + 6 * L * C * T flops per token).
+  // Matmul parameters of the whole model (for the MFU convention).
   int64_t num_matmul_params() const;
   // Training FLOPs per token of a step with sequence length t (REFERENCE.md section 4).
   double FlopsPerToken(int64_t t) const;
 
  private:
-  explicit Decoder(const ModelConfig& cfg, int64_t batch);
+  Decoder(const ModelConfig& cfg, int64_t batch, const ModelShard& shard, TensorParallelOps* tp);
   void DeclareParameters();
-  void AllocateActivations();
+  void AllocateScratch();
   std::string L(int64_t layer, const char* suffix) const;
 
   struct LayerActs {
-    Tensor residual;   // (B, T, C) input of the layer
-    Tensor norm1;      // (B, T, C)
-    Tensor norm1_mean; // (B, T) gpt2 only
-    Tensor norm1_rstd; // (B, T)
-    Tensor qkv;        // (B, T, (H+2K)*D) after RoPE
-    Tensor att;        // (B, H, T, T) softmax probabilities
-    Tensor atty;       // (B, T, H*D) attention output before the projection
-    Tensor residual2;  // (B, T, C) after the attention residual
-    Tensor norm2;      // (B, T, C)
-    Tensor norm2_mean; // (B, T)
-    Tensor norm2_rstd; // (B, T)
-    Tensor fc;         // (B, T, F) gpt2 pre-GELU | (B, T, 2F) llama gate|up
-    Tensor act;        // (B, T, F) GELU / SwiGLU output
+    Tensor residual;   // (R, C) input of the layer (R = hidden rows)
+    Tensor norm1;      // (R, C)
+    Tensor norm1_full; // (N, C) gathered (sequence parallel only)
+    Tensor norm1_mean; // (R) gpt2 only
+    Tensor norm1_rstd; // (R)
+    Tensor qkv;        // (N, (h+2k)*D) local heads, after RoPE
+    Tensor att;        // (B, h, T, T) softmax probabilities
+    Tensor atty;       // (N, h*D) attention output before the projection
+    Tensor residual2;  // (R, C) after the attention residual
+    Tensor norm2;      // (R, C)
+    Tensor norm2_full; // (N, C) sequence parallel only
+    Tensor norm2_mean; // (R)
+    Tensor norm2_rstd; // (R)
+    Tensor fc;         // (N, f) gpt2 pre-GELU | (N, 2f) llama gate|up
+    Tensor act;        // (N, f) GELU / SwiGLU output
   };
+  // Everything one chunk keeps for one micro-batch.
+  struct ActSet {
+    int64_t b = 0, t = 0;
+    bool has_mask = false;
+    Tensor tokens, targets, mask;  // (B, T)
+    std::vector<LayerActs> layers;
+    Tensor residual_out;           // (R, C) output of the chunk's last layer
+    Tensor normf, normf_full, normf_mean, normf_rstd;  // head only
+    Tensor logits;                 // (N, Vp/tp) head only
+    Tensor row_max, sum_exp, tlogit;  // (N) head only, tp > 1
+    int64_t bytes = 0;
+  };
+  ActSet* Acquire(int chunk, int micro, int64_t b, int64_t t);
+  std::unique_ptr<ActSet> NewActSet(int chunk) const;
+  void Release(int chunk, int micro);
+
+  void EmbedForward(ActSet& s, float* x);
+  void EmbedBackward(ActSet& s, const float* dx);
+  void LayerForward(LayerActs& a, int64_t l, int64_t b, int64_t t, float* out);
+  void LayerBackward(LayerActs& a, int64_t l, int64_t b, int64_t t, float* dres);
+  ForwardResult HeadForward(ActSet& s, const float* x, bool with_loss);
+  void HeadBackward(ActSet& s, float dloss, float* dres);
+  // Tensor-parallel region boundaries (identity when tp == 1).
+  const float* EnterRegion(const float* x, float* full, int64_t rows);  // returns (N, C)
+  void EnterRegionBackward(float* dfull, float* dx, int64_t rows);      // dfull (N,C) -> dx (R,C)
+  void LeaveRegion(float* partial, float* out, int64_t rows);           // partial (N,C) -> out (R,C)
+  const float* LeaveRegionBackward(const float* dout, float* dfull, int64_t rows);  // (R,C) -> (N,C)
+  void AddRowBias(float* x, const float* bias, int64_t rows, int64_t c) const;
 
   ModelConfig cfg_;
   int64_t batch_;
+  ModelShard shard_;
+  TensorParallelOps* tp_ = nullptr;
+  int tpn_ = 1, tpr_ = 0;
+  bool sp_ = false;
   bool llama_;
-  int64_t c_, h_, k_, d_, f_, vp_, v_, qkv_dim_, fc_dim_;
+  // Global sizes, then this rank's local head/kv-head/ffn/vocab sizes.
+  int64_t c_, h_, k_, d_, f_, vp_, v_;
+  int64_t hl_, kl_, fl_, vl_, kv_begin_, qkv_dim_, fc_dim_;
+  std::vector<std::vector<int64_t>> chunks_;
   ParameterSet params_;
 
-  // Activations of the last forward.
-  std::vector<LayerActs> acts_;
-  Tensor residual_out_;  // (B, T, C) output of the last layer
-  Tensor normf_, normf_mean_, normf_rstd_;  // (B, T, C), (B, T), (B, T)
-  Tensor logits_;        // (B, T, Vp)
-  Tensor losses_;        // (B, T)
-  Tensor tokens_, targets_, mask_;  // copies of the last inputs (B, T)
-  bool has_mask_ = false;
-  int64_t last_b_ = 0, last_t_ = 0;
+  std::map<std::pair<int, int>, std::unique_ptr<ActSet>> live_;
+  std::vector<std::vector<std::unique_ptr<ActSet>>> pool_;  // free sets per chunk
+  int in_flight_ = 0, peak_in_flight_ = 0;
+  int64_t live_bytes_ = 0, peak_activation_bytes_ = 0;
+  std::pair<int, int> last_whole_{-1, -1};
 
-  // Scratch for backward (and the projection outputs of forward).
-  Tensor dresidual_;  // (B, T, C)
-  Tensor dnorm_;      // (B, T, C)
-  Tensor dqkv_;       // (B, T, (H+2K)*D)
-  Tensor datt_;       // (B, H, T, T)
-  Tensor datty_;      // (B, T, H*D)
-  Tensor dfc_;        // (B, T, fc_dim)
-  Tensor dact_;       // (B, T, F)
-  Tensor proj_out_;   // (B, T, C) forward scratch for the attention / MLP projections
+  // Scratch for backward (and the projection outputs of forward). N = batch*seq rows.
+  Tensor dresidual_;  // (N, C)
+  Tensor dnorm_;      // (N, C)
+  Tensor dfull_;      // (N, C) gathered gradients / full-row partial sums
+  Tensor dqkv_;       // (N, qkv)
+  Tensor datt_;       // (B, h, T, T)
+  Tensor datty_;      // (N, h*D)
+  Tensor dfc_;        // (N, fc)
+  Tensor dact_;       // (N, f)
+  Tensor proj_out_;   // (N, C) forward scratch for the attention / MLP projections
+  Tensor embed_full_; // (N, C) vocab-parallel embedding partial sums
 
   int64_t activation_bytes_ = 0;
   int64_t scratch_bytes_ = 0;
   GradReadyFn grad_ready_;
-  // Report the parameters whose names start with `prefix` (a contiguous range) as ready.
+  // Report the parameters from `first` to `last` (a contiguous range) as ready.
   void ReportReady(const std::string& first, const std::string& last);
 };
 

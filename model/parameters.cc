@@ -4,8 +4,39 @@
 
 namespace lattice {
 
+int64_t Parameter::local_cols() const {
+  int64_t c = 1;
+  for (size_t i = 1; i < shape.size(); ++i) c *= shape[i];
+  return c;
+}
+
+int64_t Parameter::global_cols() const {
+  int64_t c = 1;
+  for (size_t i = 1; i < sharding.global_shape.size(); ++i) c *= sharding.global_shape[i];
+  return c;
+}
+
+int64_t Parameter::GlobalIndex(int64_t i) const {
+  const int64_t lc = local_cols();
+  const int64_t row = i / lc, col = i % lc;
+  for (const RowSegment& s : sharding.segments) {
+    if (row >= s.local_begin && row < s.local_begin + s.count) {
+      return (s.global_begin + row - s.local_begin) * global_cols() + sharding.col_begin + col;
+    }
+  }
+  LATTICE_CHECK_MSG(false, name);
+  return -1;
+}
+
 void ParameterSet::Declare(std::string name, Shape shape, bool weight_decay, ParamInit init,
                            float init_std) {
+  Sharding s;
+  s.global_shape = shape;
+  DeclareSharded(std::move(name), std::move(shape), std::move(s), weight_decay, init, init_std);
+}
+
+void ParameterSet::DeclareSharded(std::string name, Shape shape, Sharding sharding,
+                                  bool weight_decay, ParamInit init, float init_std) {
   LATTICE_CHECK_MSG(!values_.defined(), "Declare after Allocate");
   LATTICE_CHECK_MSG(!index_.contains(name), name);
   Parameter p;
@@ -15,6 +46,17 @@ void ParameterSet::Declare(std::string name, Shape shape, bool weight_decay, Par
   p.weight_decay = weight_decay;
   p.init = init;
   p.init_std = init_std;
+  if (sharding.segments.empty()) {
+    const int64_t rows = p.shape.empty() ? 1 : p.shape[0];
+    sharding.segments.push_back(RowSegment{0, 0, rows, true});
+  }
+  int64_t covered = 0;
+  for (const RowSegment& seg : sharding.segments) {
+    LATTICE_CHECK_MSG(seg.local_begin == covered, p.name);
+    covered += seg.count;
+  }
+  LATTICE_CHECK_MSG(covered == p.local_rows(), p.name);
+  p.sharding = std::move(sharding);
   total_ += NumElements(p.shape);
   index_[p.name] = params_.size();
   params_.push_back(std::move(p));
@@ -33,7 +75,6 @@ void ParameterSet::Allocate() {
 void ParameterSet::Initialize(uint64_t seed) {
   for (const Parameter& p : params_) {
     float* v = p.value.f32();
-    const int64_t n = p.value.numel();
     switch (p.init) {
       case ParamInit::kZeros:
         p.value.SetZero();
@@ -43,8 +84,17 @@ void ParameterSet::Initialize(uint64_t seed) {
         break;
       case ParamInit::kNormal: {
         CounterRng rng(seed, p.name);
+        const int64_t lc = p.local_cols(), gc = p.global_cols();
+        for (const RowSegment& seg : p.sharding.segments) {
 #pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < n; ++i) v[i] = p.init_std * rng.Normal(static_cast<uint64_t>(i));
+          for (int64_t r = 0; r < seg.count; ++r) {
+            float* row = v + (seg.local_begin + r) * lc;
+            const int64_t g = (seg.global_begin + r) * gc + p.sharding.col_begin;
+            for (int64_t c = 0; c < lc; ++c) {
+              row[c] = p.init_std * rng.Normal(static_cast<uint64_t>(g + c));
+            }
+          }
+        }
         break;
       }
     }

@@ -15,6 +15,35 @@ namespace lattice {
 
 enum class ParamInit { kNormal, kZeros, kOnes };
 
+// How a parameter held by one rank maps onto the unsharded parameter (tensor parallelism
+// shards weights by rows or columns; pipeline parallelism holds whole parameters or none).
+// Local row range [local_begin, local_begin + count) is global rows [global_begin, ...).
+// `owner` is false on the ranks whose copy duplicates another rank's (a tensor-parallel
+// replica, a replicated GQA kv head, the last pipeline stage's copy of a tied embedding): such
+// elements are counted once in the global gradient norm and gathered from their owner only.
+struct RowSegment {
+  int64_t local_begin = 0;
+  int64_t global_begin = 0;
+  int64_t count = 0;
+  bool owner = true;
+};
+
+// Gradient synchronisation a parameter needs across the tensor-parallel group before the
+// data-parallel reduction (Megatron: the sequence-parallel norm/bias all-reduce, and the
+// replicated key/value heads when tp > n_kv_head).
+enum class GradSync : uint8_t {
+  kNone,                // identical (or disjoint) on every tensor-parallel rank
+  kTensorParallelSum,   // each rank holds a partial gradient of a replicated parameter
+  kReplicaRowSum,       // segments with replicas > 1 hold partial gradients of shared rows
+};
+
+struct Sharding {
+  Shape global_shape;                // the unsharded shape (== shape when not sharded)
+  std::vector<RowSegment> segments;  // cover the local rows in order
+  int64_t col_begin = 0;             // first global column held (row-parallel weights)
+  GradSync grad_sync = GradSync::kNone;
+};
+
 struct Parameter {
   std::string name;
   Shape shape;
@@ -22,18 +51,29 @@ struct Parameter {
   bool weight_decay = true; // false for norms and biases
   ParamInit init = ParamInit::kNormal;
   float init_std = 0.02f;
+  Sharding sharding;        // identity unless declared sharded
   Tensor value;             // view into the flat value buffer
   Tensor grad;              // view into the flat gradient buffer
+
+  int64_t local_rows() const { return shape.empty() ? 1 : shape[0]; }
+  int64_t local_cols() const;   // elements per row (product of dims after the first)
+  int64_t global_cols() const;  // the same for the unsharded shape
+  // Flat index in the unsharded parameter of local element i.
+  int64_t GlobalIndex(int64_t i) const;
 };
 
 class ParameterSet {
  public:
   // Declares a parameter; offsets are assigned in declaration order. Call Allocate() once after.
   void Declare(std::string name, Shape shape, bool weight_decay, ParamInit init, float init_std);
+  // A shard of a larger parameter: `shape` is the local shape, `sharding` maps it (segments
+  // must cover shape[0] rows; an empty segment list means one identity segment).
+  void DeclareSharded(std::string name, Shape shape, Sharding sharding, bool weight_decay,
+                      ParamInit init, float init_std);
   void Allocate();
 
-  // Initialises every parameter from (seed, name, element index) only (runtime/rng.h), so any
-  // later sharding reproduces the same values.
+  // Initialises every parameter from (seed, name, GLOBAL element index) only (runtime/rng.h),
+  // so every sharding reproduces exactly the values of the unsharded model.
   void Initialize(uint64_t seed);
 
   const std::vector<Parameter>& params() const { return params_; }
