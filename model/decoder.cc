@@ -89,6 +89,14 @@ int64_t Decoder::CountParameters(const ModelConfig& cfg) {
   return d.params_.numel();
 }
 
+std::vector<std::pair<std::string, Shape>> Decoder::ParameterShapes(const ModelConfig& cfg) {
+  Decoder d(cfg, 1, ModelShard(), nullptr);
+  d.DeclareParameters();
+  std::vector<std::pair<std::string, Shape>> out;
+  for (const Parameter& p : d.params_.params()) out.emplace_back(p.name, p.shape);
+  return out;
+}
+
 Decoder::Decoder(const ModelConfig& cfg, int64_t batch, const ModelShard& shard,
                  TensorParallelOps* tp)
     : cfg_(cfg), batch_(batch), shard_(shard), tp_(tp) {
@@ -166,14 +174,16 @@ void Decoder::DeclareParameters() {
   }
   const bool kv_replicated = k_ % tpn_ != 0;
   const bool kv_owner = !kv_replicated || tpr_ % (tpn_ / k_) == 0;
+  const int kv_replicas = kv_replicated ? static_cast<int>(tpn_ / k_) : 1;
   for (const auto& chunk : chunks_) {
     for (int64_t l : chunk) {
       norm(L(l, "norm1"));
       auto qkv_segs = [&](int64_t width) {
         return std::vector<RowSegment>{
             RowSegment{0, tpr_ * hl_ * width, hl_ * width, true},
-            RowSegment{hl_ * width, (h_ + kv_begin_) * width, kl_ * width, kv_owner},
-            RowSegment{(hl_ + kl_) * width, (h_ + k_ + kv_begin_) * width, kl_ * width, kv_owner}};
+            RowSegment{hl_ * width, (h_ + kv_begin_) * width, kl_ * width, kv_owner, kv_replicas},
+            RowSegment{(hl_ + kl_) * width, (h_ + k_ + kv_begin_) * width, kl_ * width, kv_owner,
+                       kv_replicas}};
       };
       const GradSync kv_sync = kv_replicated ? GradSync::kReplicaRowSum : GradSync::kNone;
       row_split(L(l, "attn.qkv.weight"), {(h_ + 2 * k_) * d_, c_}, qkv_segs(d_), true,

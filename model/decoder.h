@@ -62,6 +62,8 @@ class Decoder {
 
   // Parameter count of a configuration, without allocating anything (presets up to 70B).
   static int64_t CountParameters(const ModelConfig& cfg);
+  // Names and unsharded shapes of the whole model's parameters, in declaration order.
+  static std::vector<std::pair<std::string, Shape>> ParameterShapes(const ModelConfig& cfg);
 
   const ModelConfig& config() const { return cfg_; }
   const ModelShard& shard() const { return shard_; }

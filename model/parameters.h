@@ -26,6 +26,7 @@ struct RowSegment {
   int64_t global_begin = 0;
   int64_t count = 0;
   bool owner = true;
+  int replicas = 1;  // tensor-parallel ranks holding these same rows (replicated kv heads)
 };
 
 // Gradient synchronisation a parameter needs across the tensor-parallel group before the

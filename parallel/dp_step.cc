@@ -126,23 +126,22 @@ absl::Status DataParallelEngine::BroadcastParameters() {
   return Annotate(comm_.Broadcast(model_.params().flat_values(), 0), "BroadcastParameters");
 }
 
-absl::Status DataParallelEngine::CheckBatches(const std::vector<TokenBatch>& batches,
-                                              int64_t* tokens) const {
-  const ModelConfig& mc = model_.config();
+absl::Status ValidateTokenBatches(const std::vector<TokenBatch>& batches, const ModelConfig& mc,
+                                  int64_t micro_batch_size, int rank, int64_t* tokens) {
   if (batches.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "data parallel step: data-parallel rank ", comm_.rank(),
+        "data parallel step: data-parallel rank ", rank,
         " has no micro-batch (global batch / (micro_batch_size * dp) must be >= 1)"));
   }
   int64_t count = 0;
   for (size_t i = 0; i < batches.size(); ++i) {
     const TokenBatch& mb = batches[i];
     const std::string where = absl::StrCat("data parallel step: micro-batch ", i, " of rank ",
-                                           comm_.rank(), ": ");
-    if (mb.b < 1 || mb.b > train_.micro_batch_size || mb.t < 1 || mb.t > mc.seq_len) {
+                                           rank, ": ");
+    if (mb.b < 1 || mb.b > micro_batch_size || mb.t < 1 || mb.t > mc.seq_len) {
       return absl::InvalidArgumentError(absl::StrCat(
           where, "shape (", mb.b, ", ", mb.t, ") is outside (1..train.micro_batch_size=",
-          train_.micro_batch_size, ", 1..model.seq_len=", mc.seq_len, ")"));
+          micro_batch_size, ", 1..model.seq_len=", mc.seq_len, ")"));
     }
     const size_t n = static_cast<size_t>(mb.b * mb.t);
     if (mb.inputs.size() != n || mb.targets.size() != n) {
@@ -162,6 +161,12 @@ absl::Status DataParallelEngine::CheckBatches(const std::vector<TokenBatch>& bat
   }
   *tokens = count;
   return absl::OkStatus();
+}
+
+absl::Status DataParallelEngine::CheckBatches(const std::vector<TokenBatch>& batches,
+                                              int64_t* tokens) const {
+  return ValidateTokenBatches(batches, model_.config(), train_.micro_batch_size, comm_.rank(),
+                              tokens);
 }
 
 absl::StatusOr<DataParallelStepResult> DataParallelEngine::Step(

@@ -45,6 +45,12 @@ struct TokenBatch {
   std::vector<int32_t> targets;  // (b, t)
 };
 
+// Checks this rank's micro-batches (at least one; shapes within (micro_batch_size, seq_len);
+// tokens and targets inside the vocabulary) and counts their targets. InvalidArgument names the
+// micro-batch, the (data-parallel) rank and the value.
+absl::Status ValidateTokenBatches(const std::vector<TokenBatch>& batches, const ModelConfig& mc,
+                                  int64_t micro_batch_size, int rank, int64_t* tokens);
+
 // Communication of one rank, by operation (counts of calls and wire bytes).
 struct CommVolume {
   OpCounter all_reduce;

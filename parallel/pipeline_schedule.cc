@@ -53,15 +53,15 @@ absl::Status ValidateSchedule(PipelineSchedule kind, int pp, int vpp, int stage,
   }
   const absl::string_view name = PipelineScheduleName(kind);
   switch (kind) {
-    case PipelineSchedule::kGPipe:
-    case PipelineSchedule::k1F1B:
+    case PipelineSchedule::kGpipe:
+    case PipelineSchedule::kOneFOneB:
       if (vpp != 1) {
         return absl::InvalidArgumentError(absl::StrCat(
             "pipeline schedule ", name, " needs vpp == 1, got vpp=", vpp,
             " (virtual stages need schedule \"interleaved\")"));
       }
       break;
-    case PipelineSchedule::kInterleaved1F1B:
+    case PipelineSchedule::kInterleaved:
       if (vpp < 2) {
         return absl::InvalidArgumentError(absl::StrCat(
             "pipeline schedule ", name, " needs vpp >= 2, got vpp=", vpp,
@@ -187,8 +187,8 @@ absl::Status CheckActionLists(int vpp, int micro_batches,
 }  // namespace
 
 absl::StatusOr<PipelineSchedule> ParsePipelineSchedule(absl::string_view name) {
-  for (PipelineSchedule s : {PipelineSchedule::kGPipe, PipelineSchedule::k1F1B,
-                             PipelineSchedule::kInterleaved1F1B}) {
+  for (PipelineSchedule s : {PipelineSchedule::kGpipe, PipelineSchedule::kOneFOneB,
+                             PipelineSchedule::kInterleaved}) {
     if (name == PipelineScheduleName(s)) return s;
   }
   return absl::InvalidArgumentError(absl::StrCat("parallel.schedule: unknown pipeline schedule \"",
@@ -197,11 +197,11 @@ absl::StatusOr<PipelineSchedule> ParsePipelineSchedule(absl::string_view name) {
 
 absl::string_view PipelineScheduleName(PipelineSchedule s) {
   switch (s) {
-    case PipelineSchedule::kGPipe:
+    case PipelineSchedule::kGpipe:
       return "gpipe";
-    case PipelineSchedule::k1F1B:
+    case PipelineSchedule::kOneFOneB:
       return "1f1b";
-    case PipelineSchedule::kInterleaved1F1B:
+    case PipelineSchedule::kInterleaved:
       return "interleaved";
   }
   return "unknown";
@@ -217,11 +217,11 @@ absl::StatusOr<std::vector<PipeAction>> BuildPipelineSchedule(PipelineSchedule k
                                                               int micro_batches) {
   LATTICE_RETURN_IF_ERROR(ValidateSchedule(kind, pp, vpp, stage, micro_batches));
   switch (kind) {
-    case PipelineSchedule::kGPipe:
+    case PipelineSchedule::kGpipe:
       return BuildGPipe(micro_batches);
-    case PipelineSchedule::k1F1B:
+    case PipelineSchedule::kOneFOneB:
       return Build1F1B(pp, stage, micro_batches);
-    case PipelineSchedule::kInterleaved1F1B:
+    case PipelineSchedule::kInterleaved:
       return BuildInterleaved(pp, vpp, stage, micro_batches);
   }
   return absl::InternalError("pipeline schedule: unhandled schedule kind");

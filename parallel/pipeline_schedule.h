@@ -18,11 +18,11 @@
 // sent, so an engine that matches messages per peer by arrival order runs them too.
 //
 // Schedules (M = micro-batches):
-//   kGPipe           all M forwards, then all M backwards (both in micro-batch order).
-//   k1F1B            PipeDream-flush, Megatron's non-interleaved schedule:
+//   kGpipe           all M forwards, then all M backwards (both in micro-batch order).
+//   kOneFOneB            PipeDream-flush, Megatron's non-interleaved schedule:
 //                    warmup = min(pp - stage - 1, M) forwards, then (M - warmup) pairs
 //                    "forward m + warmup, backward m", then the remaining backwards.
-//   kInterleaved1F1B Megatron's interleaved schedule (vpp >= 2, M % pp == 0): the M * vpp
+//   kInterleaved Megatron's interleaved schedule (vpp >= 2, M % pp == 0): the M * vpp
 //                    virtual micro-steps k run chunk (k % (pp*vpp)) / pp on micro-batch
 //                    (k / (pp*vpp)) * pp + k % pp for forwards; backwards use the same micro-batch
 //                    and chunk vpp-1 minus that. warmup = min((pp - stage - 1) * 2 +
@@ -30,9 +30,9 @@
 //
 // Activations in flight per rank: (chunk, micro-batch) pairs whose forward has run and whose
 // backward has not. Peaks, which bound activation memory (SimulatePipeline measures them):
-//   kGPipe           M on every rank.
-//   k1F1B            min(pp - stage, M) <= pp: warmup + 1 while a steady phase exists.
-//   kInterleaved1F1B min(warmup + 1, M * vpp) with the warmup above, i.e. at most
+//   kGpipe           M on every rank.
+//   kOneFOneB            min(pp - stage, M) <= pp: warmup + 1 while a steady phase exists.
+//   kInterleaved min(warmup + 1, M * vpp) with the warmup above, i.e. at most
 //                    min((pp - stage - 1) * 2 + (vpp - 1) * pp + 1, M * vpp); counted in chunks,
 //                    each 1/vpp of a rank's layers.
 // Time, one tick per action (SimulatePipeline): 2 * (M * vpp + pp - 1) ticks for all three, i.e.
@@ -47,10 +47,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "runtime/config.h"
 
 namespace lattice {
 
-enum class PipelineSchedule { kGPipe, k1F1B, kInterleaved1F1B };
+// PipelineSchedule (kOneFOneB, kGpipe, kInterleaved) is the config enum of runtime/config.h.
 
 // The config key parallel.schedule: "gpipe", "1f1b", "interleaved". An unknown name is
 // kInvalidArgument naming the value and the choices.

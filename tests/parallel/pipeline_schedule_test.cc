@@ -25,14 +25,14 @@ using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 using Kind = PipeAction::Kind;
 
-constexpr PipelineSchedule kAllSchedules[] = {PipelineSchedule::kGPipe, PipelineSchedule::k1F1B,
-                                              PipelineSchedule::kInterleaved1F1B};
+constexpr PipelineSchedule kAllSchedules[] = {PipelineSchedule::kGpipe, PipelineSchedule::kOneFOneB,
+                                              PipelineSchedule::kInterleaved};
 
 PipeAction F(int m, int c = 0) { return {Kind::kForward, m, c}; }
 PipeAction B(int m, int c = 0) { return {Kind::kBackward, m, c}; }
 
 bool IsValid(PipelineSchedule kind, int pp, int vpp, int m) {
-  if (kind == PipelineSchedule::kInterleaved1F1B) return vpp >= 2 && m % pp == 0;
+  if (kind == PipelineSchedule::kInterleaved) return vpp >= 2 && m % pp == 0;
   return vpp == 1;
 }
 
@@ -50,9 +50,9 @@ TEST(PipelineScheduleName, RoundTrips) {
     ASSERT_TRUE(parsed.ok()) << parsed.status();
     EXPECT_EQ(*parsed, s);
   }
-  EXPECT_EQ(PipelineScheduleName(PipelineSchedule::kGPipe), "gpipe");
-  EXPECT_EQ(PipelineScheduleName(PipelineSchedule::k1F1B), "1f1b");
-  EXPECT_EQ(PipelineScheduleName(PipelineSchedule::kInterleaved1F1B), "interleaved");
+  EXPECT_EQ(PipelineScheduleName(PipelineSchedule::kGpipe), "gpipe");
+  EXPECT_EQ(PipelineScheduleName(PipelineSchedule::kOneFOneB), "1f1b");
+  EXPECT_EQ(PipelineScheduleName(PipelineSchedule::kInterleaved), "interleaved");
 }
 
 TEST(PipelineScheduleName, UnknownNameNamesValueAndChoices) {
@@ -76,20 +76,20 @@ void ExpectInvalid(PipelineSchedule kind, int pp, int vpp, int stage, int m,
 
 TEST(BuildPipelineSchedule, RejectsBadSizesNamingTheNumbers) {
   using enum PipelineSchedule;
-  ExpectInvalid(k1F1B, 0, 1, 0, 4, {"pp", "pp=0"});
-  ExpectInvalid(k1F1B, -2, 1, 0, 4, {"pp=-2"});
-  ExpectInvalid(k1F1B, 4, 1, 4, 4, {"stage 4", "[0, 4)", "pp=4"});
-  ExpectInvalid(kGPipe, 4, 1, -1, 4, {"stage -1", "[0, 4)"});
-  ExpectInvalid(kGPipe, 2, 1, 0, 0, {"micro_batches=0"});
-  ExpectInvalid(k1F1B, 2, 1, 0, -3, {"micro_batches=-3"});
-  ExpectInvalid(kGPipe, 2, 2, 0, 4, {"gpipe", "vpp == 1", "vpp=2", "interleaved"});
-  ExpectInvalid(k1F1B, 2, 3, 0, 4, {"1f1b", "vpp == 1", "vpp=3"});
-  ExpectInvalid(k1F1B, 2, 0, 0, 4, {"vpp=0"});
-  ExpectInvalid(kInterleaved1F1B, 2, 1, 0, 4, {"interleaved", "vpp >= 2", "vpp=1", "1f1b"});
-  ExpectInvalid(kInterleaved1F1B, 4, 2, 0, 6, {"divisible", "micro_batches=6", "pp=4"});
-  ExpectInvalid(kInterleaved1F1B, 2, 2, 0, 1 << 30, {"too large", "vpp=2"});
+  ExpectInvalid(kOneFOneB, 0, 1, 0, 4, {"pp", "pp=0"});
+  ExpectInvalid(kOneFOneB, -2, 1, 0, 4, {"pp=-2"});
+  ExpectInvalid(kOneFOneB, 4, 1, 4, 4, {"stage 4", "[0, 4)", "pp=4"});
+  ExpectInvalid(kGpipe, 4, 1, -1, 4, {"stage -1", "[0, 4)"});
+  ExpectInvalid(kGpipe, 2, 1, 0, 0, {"micro_batches=0"});
+  ExpectInvalid(kOneFOneB, 2, 1, 0, -3, {"micro_batches=-3"});
+  ExpectInvalid(kGpipe, 2, 2, 0, 4, {"gpipe", "vpp == 1", "vpp=2", "interleaved"});
+  ExpectInvalid(kOneFOneB, 2, 3, 0, 4, {"1f1b", "vpp == 1", "vpp=3"});
+  ExpectInvalid(kOneFOneB, 2, 0, 0, 4, {"vpp=0"});
+  ExpectInvalid(kInterleaved, 2, 1, 0, 4, {"interleaved", "vpp >= 2", "vpp=1", "1f1b"});
+  ExpectInvalid(kInterleaved, 4, 2, 0, 6, {"divisible", "micro_batches=6", "pp=4"});
+  ExpectInvalid(kInterleaved, 2, 2, 0, 1 << 30, {"too large", "vpp=2"});
 
-  absl::StatusOr<PipelineSimulation> sim = SimulatePipeline(kInterleaved1F1B, 3, 2, 4);
+  absl::StatusOr<PipelineSimulation> sim = SimulatePipeline(kInterleaved, 3, 2, 4);
   ASSERT_FALSE(sim.ok());
   EXPECT_EQ(sim.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(sim.status().message(), HasSubstr("micro_batches=4, pp=3"));
@@ -98,19 +98,19 @@ TEST(BuildPipelineSchedule, RejectsBadSizesNamingTheNumbers) {
 // Megatron's non-interleaved schedule, pp=2, M=3: stage 0 warms up with one forward.
 TEST(BuildPipelineSchedule, OneFOneBHandWritten) {
   absl::StatusOr<std::vector<PipeAction>> s0 =
-      BuildPipelineSchedule(PipelineSchedule::k1F1B, 2, 1, 0, 3);
+      BuildPipelineSchedule(PipelineSchedule::kOneFOneB, 2, 1, 0, 3);
   ASSERT_TRUE(s0.ok()) << s0.status();
   EXPECT_THAT(*s0, ElementsAreArray({F(0), F(1), B(0), F(2), B(1), B(2)}));
 
   absl::StatusOr<std::vector<PipeAction>> s1 =
-      BuildPipelineSchedule(PipelineSchedule::k1F1B, 2, 1, 1, 3);
+      BuildPipelineSchedule(PipelineSchedule::kOneFOneB, 2, 1, 1, 3);
   ASSERT_TRUE(s1.ok()) << s1.status();
   EXPECT_THAT(*s1, ElementsAreArray({F(0), B(0), F(1), B(1), F(2), B(2)}));
 }
 
 TEST(BuildPipelineSchedule, GPipeHandWritten) {
   absl::StatusOr<std::vector<PipeAction>> s =
-      BuildPipelineSchedule(PipelineSchedule::kGPipe, 3, 1, 1, 3);
+      BuildPipelineSchedule(PipelineSchedule::kGpipe, 3, 1, 1, 3);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_THAT(*s, ElementsAreArray({F(0), F(1), F(2), B(0), B(1), B(2)}));
 }
@@ -122,7 +122,7 @@ TEST(BuildPipelineSchedule, GPipeHandWritten) {
 // Stage 1: warmup = 0 + 2 = 2 forwards, 6 pairs (F k+2, B k), 2 cooldown backwards.
 TEST(BuildPipelineSchedule, InterleavedHandDerived) {
   absl::StatusOr<std::vector<PipeAction>> s0 =
-      BuildPipelineSchedule(PipelineSchedule::kInterleaved1F1B, 2, 2, 0, 4);
+      BuildPipelineSchedule(PipelineSchedule::kInterleaved, 2, 2, 0, 4);
   ASSERT_TRUE(s0.ok()) << s0.status();
   EXPECT_THAT(*s0, ElementsAreArray({
                        F(0, 0), F(1, 0), F(0, 1), F(1, 1),                      // warmup
@@ -132,7 +132,7 @@ TEST(BuildPipelineSchedule, InterleavedHandDerived) {
                    }));
 
   absl::StatusOr<std::vector<PipeAction>> s1 =
-      BuildPipelineSchedule(PipelineSchedule::kInterleaved1F1B, 2, 2, 1, 4);
+      BuildPipelineSchedule(PipelineSchedule::kInterleaved, 2, 2, 1, 4);
   ASSERT_TRUE(s1.ok()) << s1.status();
   EXPECT_THAT(*s1, ElementsAreArray({
                        F(0, 0), F(1, 0),                                        // warmup
@@ -188,14 +188,14 @@ TEST(PipelineSchedule, SweepIsCompleteDeadlockFreeAndBounded) {
             const int peak = sim->peak_in_flight[stage];
             const std::string at = absl::StrCat(where, " stage ", stage);
             switch (kind) {
-              case PipelineSchedule::kGPipe:
+              case PipelineSchedule::kGpipe:
                 EXPECT_EQ(peak, m) << at;
                 break;
-              case PipelineSchedule::k1F1B:
+              case PipelineSchedule::kOneFOneB:
                 EXPECT_LE(peak, pp - stage) << at;
                 EXPECT_EQ(peak, std::min(pp - stage, m)) << at;
                 break;
-              case PipelineSchedule::kInterleaved1F1B: {
+              case PipelineSchedule::kInterleaved: {
                 const int bound = std::min(InterleavedWarmup(pp, vpp, stage, m) + 1, m * vpp);
                 EXPECT_LE(peak, bound) << at;
                 EXPECT_EQ(peak, bound) << at;  // the bound is reached: it is tight
