@@ -29,12 +29,6 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
   std::unique_ptr<Trainer> tr(new Trainer(cfg, world));
   Config& c = tr->cfg_;
   LATTICE_RETURN_IF_ERROR(c.ValidateLayout(world.size()));
-  if (c.parallel.tp > 1 || c.parallel.pp > 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "parallel.tp=", c.parallel.tp, " parallel.pp=", c.parallel.pp,
-        ": tensor and pipeline parallelism are not wired into the trainer yet; use data "
-        "parallelism (parallel.tp=1, parallel.pp=1, parallel.dp=world size)"));
-  }
   tr->dp_ = c.parallel.dp;
   if (c.train.threads > 0) {
     kernels::cpu::SetNumThreads(c.train.threads);
@@ -48,16 +42,20 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
   const int64_t mbs = c.train.micro_batch_size;
   tr->micro_batches_ = c.train.global_batch_size / (mbs * tr->dp_);
 
-  LATTICE_ASSIGN_OR_RETURN(tr->model_, Decoder::Create(c.model, mbs));
+  // The engine initialises from train.seed; every rank then copies its shards out of the
+  // initial weights when there are some (each rank reads the file: no broadcast of a model).
+  LATTICE_ASSIGN_OR_RETURN(tr->engine_, ParallelEngine::Create(c, world));
   if (!c.train.init_weights.empty()) {
-    LATTICE_RETURN_IF_ERROR(LoadWeights(*tr->model_, c.train.init_weights));
-  } else {
-    tr->model_->InitializeWeights(c.train.seed);
+    absl::StatusOr<std::map<std::string, Tensor>> w = ReadWeights(c.model, c.train.init_weights);
+    absl::Status loaded = w.status();
+    if (loaded.ok()) {
+      loaded = tr->engine_->LoadParameters([&w](const std::string& name) -> const Tensor* {
+        auto it = w->find(name);
+        return it == w->end() ? nullptr : &it->second;
+      });
+    }
+    LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world, loaded));
   }
-  DataParallelOptions dpo;
-  dpo.zero1 = c.parallel.zero1;
-  LATTICE_ASSIGN_OR_RETURN(tr->engine_,
-                           DataParallelEngine::Create(*tr->model_, c.train, world, dpo));
 
   DatasetOptions data = DatasetOptions::FromConfig(c);
   // Without data.val there is no evaluation (rather than silently training on less data).
@@ -79,7 +77,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
 
 int64_t Trainer::FirstSample(int64_t consumed, int64_t i) const {
   const int64_t mbs = cfg_.train.micro_batch_size;
-  return consumed + i * mbs * dp_ + world_.rank() * mbs;
+  return consumed + i * mbs * dp_ + engine_->grid().dp_rank() * mbs;
 }
 
 absl::StatusOr<StepMetrics> Trainer::Step() {
@@ -94,7 +92,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   for (int64_t i = 0; i < micro_batches_; ++i) {
     LATTICE_RETURN_IF_ERROR(train_->Read(FirstSample(consumed_samples_, i), mbs, batches_[i]));
   }
-  LATTICE_ASSIGN_OR_RETURN(DataParallelStepResult r, engine_->Step(batches_, m.lr));
+  LATTICE_ASSIGN_OR_RETURN(EngineStepResult r, engine_->Step(batches_, m.lr));
   m.loss = r.loss;
   m.grad_norm = r.grad_norm;
   // Megatron's behaviour for a non-finite loss or norm: skip the update, count it, go on.
@@ -105,8 +103,9 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   const double tokens = static_cast<double>(micro_batches_ * mbs * dp_ * cfg_.model.seq_len);
   m.step_ms = ms;
   m.tokens_per_s = tokens / (ms / 1000.0);
-  // Per device, as Megatron's "throughput per GPU".
-  m.tflops = model_->FlopsPerToken(cfg_.model.seq_len) * m.tokens_per_s / dp_ / 1e12;
+  // Per device, as Megatron's "throughput per GPU": the model's FLOPs over all ranks.
+  m.tflops = engine_->model().FlopsPerToken(cfg_.model.seq_len) * m.tokens_per_s /
+             world_.size() / 1e12;
   m.consumed_samples = consumed_samples_;
   return m;
 }
@@ -117,16 +116,12 @@ absl::StatusOr<double> Trainer::Evaluate() {
   // As Megatron: eval_iters global batches of the validation order (eval_iters *
   // global_batch_size samples), shared by the data-parallel ranks, so the value does not
   // depend on the layout.
-  double totals[2] = {0, 0};  // loss sum, counted tokens
-  MicroBatch mb;
-  for (int64_t i = 0; i < cfg_.train.eval_iters * micro_batches_; ++i) {
-    LATTICE_RETURN_IF_ERROR(val_->Read(FirstSample(0, i), mbs, mb));
-    ForwardResult r = model_->Forward(mb.inputs.data(), mb.targets.data(), nullptr, mb.b, mb.t);
-    totals[0] += r.loss_sum;
-    totals[1] += static_cast<double>(r.num_tokens);
+  std::vector<MicroBatch> batches(cfg_.train.eval_iters * micro_batches_);
+  for (size_t i = 0; i < batches.size(); ++i) {
+    LATTICE_RETURN_IF_ERROR(val_->Read(FirstSample(0, static_cast<int64_t>(i)), mbs, batches[i]));
   }
-  LATTICE_RETURN_IF_ERROR(SumInRankOrder(world_, absl::MakeSpan(totals, 2)));
-  return totals[1] > 0 ? totals[0] / totals[1] : 0.0;
+  LATTICE_ASSIGN_OR_RETURN(auto sums, engine_->Evaluate(batches));
+  return sums.second > 0 ? sums.first / static_cast<double>(sums.second) : 0.0;
 }
 
 absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss) {
@@ -155,25 +150,24 @@ absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss)
 absl::Status Trainer::Run() {
   const ModelConfig& mc = cfg_.model;
   const int64_t gbs = micro_batches_ * cfg_.train.micro_batch_size * dp_;
-  const DataParallelMemory mem = engine_->memory();
+  const EngineMemory mem = engine_->memory();
+  const Decoder& model = engine_->model();
   if (is_logger()) {
-    std::printf(
-        "lattice train: %s model, %lld parameters (%lld in matmuls), layout dp=%lld tp=%lld "
-        "pp=%lld, zero1=%s\n",
-        mc.arch == Arch::kGpt2 ? "gpt2" : "llama", static_cast<long long>(model_->params().numel()),
-        static_cast<long long>(model_->num_matmul_params()), static_cast<long long>(dp_),
-        static_cast<long long>(cfg_.parallel.tp), static_cast<long long>(cfg_.parallel.pp),
-        cfg_.parallel.zero1 ? "on" : "off");
+    std::printf("lattice train: %s model, %lld parameters (%lld in matmuls), layout %s\n",
+                mc.arch == Arch::kGpt2 ? "gpt2" : "llama",
+                static_cast<long long>(Decoder::CountParameters(mc)),
+                static_cast<long long>(model.num_matmul_params()),
+                engine_->LayoutString().c_str());
     std::printf(
         "lattice train: micro batch %lld x %lld micro-batches x dp %lld = global batch %lld, "
         "seq_len %lld\n",
         static_cast<long long>(cfg_.train.micro_batch_size), static_cast<long long>(micro_batches_),
         static_cast<long long>(dp_), static_cast<long long>(gbs), static_cast<long long>(mc.seq_len));
     std::printf(
-        "lattice train: memory per rank: parameters %.2f MiB, gradients %.2f MiB, optimizer "
+        "lattice train: memory of rank 0: parameters %.2f MiB, gradients %.2f MiB, optimizer "
         "state %.2f MiB, activations %.2f MiB per micro-batch (+ %.2f MiB backward scratch)\n",
         mem.params / 1048576.0, mem.grads / 1048576.0, mem.optimizer_state / 1048576.0,
-        model_->activation_bytes() / 1048576.0, model_->scratch_bytes() / 1048576.0);
+        model.activation_bytes() / 1048576.0, model.scratch_bytes() / 1048576.0);
     std::fflush(stdout);
   }
   const auto start = std::chrono::steady_clock::now();
@@ -212,9 +206,10 @@ absl::Status Trainer::Run() {
                 static_cast<long long>(cfg_.train.steps), minutes);
   }
   if (!cfg_.train.save_weights.empty()) {
-    // Every replica holds the same parameters; rank 0 writes, and every rank learns the outcome.
+    // The shards are gathered (collective); rank 0 writes, and every rank learns the outcome.
+    LATTICE_ASSIGN_OR_RETURN(auto tensors, engine_->GatherParameters());
     absl::Status saved =
-        is_logger() ? SaveWeights(*model_, cfg_.train.save_weights) : absl::OkStatus();
+        is_logger() ? SaveWeights(mc, tensors, cfg_.train.save_weights) : absl::OkStatus();
     LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world_, saved));
     if (is_logger()) std::printf("lattice train: saved weights to %s\n", cfg_.train.save_weights.c_str());
   }
@@ -226,7 +221,31 @@ absl::Status Trainer::Run() {
 absl::Status SaveWeights(const Decoder& model, const std::string& path) {
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const Parameter& p : model.params().params()) tensors.emplace_back(p.name, p.value);
-  const ModelConfig& c = model.config();
+  return SaveWeights(model.config(), tensors, path);
+}
+
+absl::StatusOr<std::map<std::string, Tensor>> ReadWeights(const ModelConfig& c,
+                                                           const std::string& path) {
+  LATTICE_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+  std::map<std::string, Tensor> out;
+  const auto shapes = Decoder::ParameterShapes(c);
+  for (const auto& [name, shape] : shapes) {
+    Tensor t = Tensor::Zeros(shape, DType::kF32);
+    LATTICE_RETURN_IF_ERROR(file->ReadInto(name, t));
+    out.emplace(name, std::move(t));
+  }
+  for (const std::string& name : file->names()) {
+    if (out.count(name) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": tensor '", name, "' is not a parameter of this model (check model.* config)"));
+    }
+  }
+  return out;
+}
+
+absl::Status SaveWeights(const ModelConfig& c,
+                         const std::vector<std::pair<std::string, Tensor>>& tensors,
+                         const std::string& path) {
   std::map<std::string, std::string> meta = {
       {"format", "pt"},
       {"lattice_format_version", "1"},

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "model/optimizer.h"
 #include "parallel/communicator.h"
 #include "parallel/dp_step.h"
+#include "parallel/engine.h"
 #include "runtime/config.h"
 
 namespace lattice {
@@ -63,7 +65,8 @@ class Trainer {
   // Mean loss over train.eval_iters micro-batches of the validation stream.
   absl::StatusOr<double> Evaluate();
 
-  Decoder& model() { return *model_; }
+  Decoder& model() { return engine_->model(); }
+  const ParallelEngine& engine() const { return *engine_; }
   int64_t consumed_samples() const { return consumed_samples_; }
 
  private:
@@ -77,8 +80,7 @@ class Trainer {
   Config cfg_;
   Communicator& world_;
   int64_t dp_ = 1;
-  std::unique_ptr<Decoder> model_;
-  std::unique_ptr<DataParallelEngine> engine_;
+  std::unique_ptr<ParallelEngine> engine_;
   std::unique_ptr<BatchReader> train_;
   std::unique_ptr<BatchReader> val_;
   int64_t micro_batches_ = 1;  // local micro-batches per step: gbs / (mbs * dp)
@@ -90,6 +92,13 @@ class Trainer {
 
 // Weights in and out as safetensors, with lattice's parameter names (model/decoder.h).
 absl::Status SaveWeights(const Decoder& model, const std::string& path);
+absl::Status SaveWeights(const ModelConfig& c,
+                         const std::vector<std::pair<std::string, Tensor>>& tensors,
+                         const std::string& path);
+// Reads every parameter of the configuration (unsharded shapes) from a safetensors file;
+// tensors that are not parameters of this model are an error naming them.
+absl::StatusOr<std::map<std::string, Tensor>> ReadWeights(const ModelConfig& c,
+                                                           const std::string& path);
 absl::Status LoadWeights(Decoder& model, const std::string& path);
 
 }  // namespace lattice

@@ -788,7 +788,9 @@ void Decoder::DecodeStep(int32_t token, KvCache& cache, float* logits_out) {
 }
 
 int64_t Decoder::num_matmul_params() const {
-  int64_t per_layer = qkv_dim_ * c_ + c_ * h_ * d_ + fc_dim_ * c_ + c_ * f_;
+  // The whole model's, whatever this rank holds.
+  const int64_t per_layer =
+      (h_ + 2 * k_) * d_ * c_ + c_ * h_ * d_ + (llama_ ? 2 * f_ : f_) * c_ + c_ * f_;
   return per_layer * cfg_.n_layer + vp_ * c_;  // + the LM head (tied or not, it is a matmul)
 }
 

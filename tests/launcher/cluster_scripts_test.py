@@ -86,7 +86,7 @@ def run_mpirun(label, tmp, extra):
         check(label, False, f"timed out: {e}")
         return
     out = r.stdout
-    ok = (r.returncode == 0 and "layout dp=2 tp=1 pp=1" in out and "iteration        2/       2" in out)
+    ok = (r.returncode == 0 and "layout tp=1 dp=2 pp=1" in out and "iteration        2/       2" in out)
     check(f"{label}: exit {r.returncode}", ok, f"cmd={cmd}\nstdout={out!r}\nstderr={r.stderr!r}")
 
 
