@@ -1,4 +1,8 @@
 #include <cstdio>
+#include <exception>
+#include <new>
+
+#include "absl/strings/str_cat.h"
 
 #include "launcher/commands.h"
 #include "launcher/options.h"
@@ -34,7 +38,16 @@ absl::Status RunTrainCommand(const CommandArgs& args) {
   // this one process (SelfCommunicator) and no MPI library call is made.
   LATTICE_ASSIGN_OR_RETURN(auto mpi, MpiRuntime::Initialize(nullptr, nullptr));
   LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> world, CreateWorldCommunicator());
-  absl::Status status = Train(config, sets, *world);
+  absl::Status status;
+  try {
+    status = Train(config, sets, *world);
+  } catch (const std::bad_alloc&) {
+    // Out of memory (an allocation too large for this machine) must not strand other ranks.
+    status = absl::ResourceExhaustedError(
+        "out of memory: the model, batch or layout needs more memory than this rank has");
+  } catch (const std::exception& e) {
+    status = absl::InternalError(absl::StrCat("unexpected exception: ", e.what()));
+  }
   if (!status.ok() && world->size() > 1) {
     // A rank that fails cannot leave the others waiting in a collective: this is the launcher's
     // top level (the only place allowed to end the process), and AbortWorld prints

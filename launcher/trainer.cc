@@ -107,6 +107,8 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   m.tflops = engine_->model().FlopsPerToken(cfg_.model.seq_len) * m.tokens_per_s /
              world_.size() / 1e12;
   m.consumed_samples = consumed_samples_;
+  m.comm_bytes = r.bytes.bytes();
+  m.peak_in_flight = r.peak_in_flight;
   return m;
 }
 
@@ -134,7 +136,10 @@ absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss)
                       {"step_ms", m.step_ms},
                       {"tflops", m.tflops},
                       {"consumed_samples", m.consumed_samples},
-                      {"skipped", m.skipped}};
+                      {"skipped", m.skipped},
+                      {"layout", engine_->LayoutString()},
+                      {"comm_bytes_rank0", m.comm_bytes},
+                      {"peak_in_flight_rank0", m.peak_in_flight}};
   if (val_loss != nullptr) {
     j["val_loss"] = *val_loss;
     j["val_ppl"] = std::exp(*val_loss);

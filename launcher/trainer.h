@@ -51,6 +51,8 @@ struct StepMetrics {
   double tflops = 0;  // achieved model TFLOP/s (REFERENCE.md section 4 convention)
   int64_t consumed_samples = 0;
   bool skipped = false;
+  int64_t comm_bytes = 0;   // bytes this rank sent in the step (all groups, bus-bytes convention)
+  int peak_in_flight = 0;   // micro-batch activation sets alive at once on this rank
 };
 
 class Trainer {
