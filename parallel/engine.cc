@@ -100,6 +100,7 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(const Con
   } else {
     e->adamw_ = std::make_unique<AdamW>(params, cfg.train);
   }
+  e->overlap_dp_ = g.tp_size() == 1 && g.pp_size() == 1;
   e->reducer_ = std::make_unique<GradReducer>(
       *e->comms_.dp, e->layout_,
       p.zero1 ? GradReduction::kReduceScatter : GradReduction::kAllReduce, staging);
@@ -276,8 +277,17 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
       }
       PendingSend out;
       if (!first) out.buf.resize(rows * c);
+      // With the whole model on this rank, the data-parallel reduction of each bucket starts
+      // as soon as the last backward pass has finished its gradients (overlap).
+      const bool overlap = overlap_dp_ && &a == &actions.back();
+      if (overlap) {
+        reducer_->Begin(model.params().flat_grads().f32());
+        model.set_grad_ready_callback(
+            [this](int64_t begin, int64_t end) { reducer_->OnGradsReady(begin, end); });
+      }
       model.BackwardChunk(a.chunk, a.micro_batch, dloss, last ? nullptr : in.data(),
                           first ? nullptr : out.buf.data());
+      if (overlap) model.set_grad_ready_callback(nullptr);
       LATTICE_RETURN_IF_ERROR(Annotate(tp_status(), "tensor-parallel backward"));
       if (!first) {
         LATTICE_ASSIGN_OR_RETURN(
@@ -392,11 +402,15 @@ absl::StatusOr<EngineStepResult> ParallelEngine::Step(const std::vector<TokenBat
   LATTICE_RETURN_IF_ERROR(RunSchedule(batches, dloss, /*train=*/true, &loss_sum));
   res.peak_in_flight = model_->peak_in_flight();
 
-  LATTICE_RETURN_IF_ERROR(SyncTensorParallelGrads());
-  LATTICE_RETURN_IF_ERROR(SyncEmbeddingGrads());
-  reducer_->Begin(params.flat_grads().f32());
-  reducer_->OnGradsReady(0, params.numel());
+  if (!overlap_dp_) {
+    // The tensor-parallel and embedding syncs come first; then the whole buffer is ready.
+    LATTICE_RETURN_IF_ERROR(SyncTensorParallelGrads());
+    LATTICE_RETURN_IF_ERROR(SyncEmbeddingGrads());
+    reducer_->Begin(params.flat_grads().f32());
+    reducer_->OnGradsReady(0, params.numel());
+  }
   LATTICE_RETURN_IF_ERROR(Annotate(reducer_->Finish(), "data parallel gradient reduction"));
+  res.overlapped_buckets = reducer_->stats().overlapped;
 
   // The loss comes from the last stage's first tensor-parallel rank of every dp rank; the norm
   // from every rank's owned elements. Summed in rank order, every rank sees the same bits.

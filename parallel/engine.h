@@ -71,6 +71,7 @@ struct EngineStepResult {
   bool skipped = false;   // loss or norm not finite: no update anywhere
   CommVolume bytes;       // this rank's communication during the step (all its groups)
   int peak_in_flight = 0; // most micro-batch activation sets alive at once on this rank
+  int overlapped_buckets = 0;  // dp buckets reduced while the backward pass was running
 };
 
 // Per-rank memory in bytes.
@@ -146,6 +147,9 @@ class ParallelEngine {
   std::unique_ptr<Decoder> model_;
   int micro_batches_ = 1;
   int vpp_ = 1;
+  // tp == pp == 1: no gradient syncs precede the data-parallel reduction, so it is overlapped
+  // with the last micro-batch's backward pass (bucket by bucket, as DataParallelEngine).
+  bool overlap_dp_ = false;
   BucketLayout layout_;
   Tensor staging_;
   std::unique_ptr<GradReducer> reducer_;
