@@ -7,8 +7,8 @@
 #include "launcher/options.h"
 #include "launcher/trainer.h"
 #include "nlohmann/json.hpp"
-#include "runtime/safetensors.h"
-#include "runtime/token_file.h"
+#include "runtime/io/safetensors.h"
+#include "runtime/data/token_file.h"
 
 namespace lattice {
 

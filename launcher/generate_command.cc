@@ -6,7 +6,7 @@
 #include "launcher/options.h"
 #include "launcher/trainer.h"
 #include "model/sampler.h"
-#include "runtime/tokenizer.h"
+#include "runtime/text/tokenizer.h"
 
 namespace lattice {
 

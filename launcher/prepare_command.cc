@@ -46,10 +46,10 @@
 #include "absl/strings/str_join.h"
 #include "launcher/commands.h"
 #include "launcher/options.h"
-#include "runtime/mapped_file.h"
+#include "runtime/io/mapped_file.h"
 #include "runtime/status.h"
-#include "runtime/token_file.h"
-#include "runtime/tokenizer.h"
+#include "runtime/data/token_file.h"
+#include "runtime/text/tokenizer.h"
 
 namespace lattice {
 namespace {

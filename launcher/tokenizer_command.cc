@@ -11,10 +11,10 @@
 #include "absl/strings/str_split.h"
 #include "launcher/commands.h"
 #include "launcher/options.h"
-#include "runtime/bpe_trainer.h"
-#include "runtime/mapped_file.h"
+#include "runtime/text/bpe_trainer.h"
+#include "runtime/io/mapped_file.h"
 #include "runtime/status.h"
-#include "runtime/tokenizer.h"
+#include "runtime/text/tokenizer.h"
 
 namespace lattice {
 namespace {

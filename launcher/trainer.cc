@@ -12,8 +12,8 @@
 #include "nlohmann/json.hpp"
 #include "parallel/data_parallel.h"
 #include "parallel/launch_env.h"
-#include "runtime/dataset.h"
-#include "runtime/safetensors.h"
+#include "runtime/data/dataset.h"
+#include "runtime/io/safetensors.h"
 
 namespace lattice {
 

@@ -24,8 +24,8 @@
 // global indices s + r * m ... s + r * m + m - 1, and then every rank advances s by m * dp.
 // Interleaving the ranks' micro-batches therefore reproduces the dp = 1 sequence exactly, and
 // the position to checkpoint is one number, the consumed samples (DataLoaderState).
-#ifndef LATTICE_RUNTIME_DATASET_H_
-#define LATTICE_RUNTIME_DATASET_H_
+#ifndef LATTICE_RUNTIME_DATA_DATASET_H_
+#define LATTICE_RUNTIME_DATA_DATASET_H_
 
 #include <cstdint>
 #include <memory>
@@ -37,7 +37,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "runtime/token_file.h"
+#include "runtime/data/token_file.h"
 
 namespace lattice {
 
@@ -206,4 +206,4 @@ absl::StatusOr<Datasets> OpenDatasets(const DatasetOptions& options);
 
 }  // namespace lattice
 
-#endif  // LATTICE_RUNTIME_DATASET_H_
+#endif  // LATTICE_RUNTIME_DATA_DATASET_H_

@@ -5,8 +5,8 @@
 // `encode(text, add_special_tokens=False)`: the post-processor (a template that adds BOS, say) is
 // not applied; callers add document separators themselves. Decode equals `tokenizers`'
 // `decode(ids, skip_special_tokens=False)`. runtime/tokenizer.cc lists what is supported.
-#ifndef LATTICE_RUNTIME_TOKENIZER_H_
-#define LATTICE_RUNTIME_TOKENIZER_H_
+#ifndef LATTICE_RUNTIME_TEXT_TOKENIZER_H_
+#define LATTICE_RUNTIME_TEXT_TOKENIZER_H_
 
 #include <cstdint>
 #include <memory>
@@ -56,4 +56,4 @@ class Tokenizer {
 
 }  // namespace lattice
 
-#endif  // LATTICE_RUNTIME_TOKENIZER_H_
+#endif  // LATTICE_RUNTIME_TEXT_TOKENIZER_H_

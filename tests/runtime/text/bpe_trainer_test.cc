@@ -1,4 +1,4 @@
-#include "runtime/bpe_trainer.h"
+#include "runtime/text/bpe_trainer.h"
 
 #include <gtest/gtest.h>
 
@@ -7,8 +7,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/tokenizer.h"
-#include "runtime/unicode.h"
+#include "runtime/text/tokenizer.h"
+#include "runtime/text/unicode.h"
 
 namespace lattice {
 namespace {

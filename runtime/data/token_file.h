@@ -16,8 +16,8 @@
 //   text: a document ends after each run of two or more '\n' (blank line).
 // EOT-delimited boundaries need a scan of the file: it happens on the first call that asks for
 // documents, never on open, so training from a 20 GB nanoGPT file starts at once.
-#ifndef LATTICE_RUNTIME_TOKEN_FILE_H_
-#define LATTICE_RUNTIME_TOKEN_FILE_H_
+#ifndef LATTICE_RUNTIME_DATA_TOKEN_FILE_H_
+#define LATTICE_RUNTIME_DATA_TOKEN_FILE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -162,4 +162,4 @@ class MegatronDatasetWriter {
 
 }  // namespace lattice
 
-#endif  // LATTICE_RUNTIME_TOKEN_FILE_H_
+#endif  // LATTICE_RUNTIME_DATA_TOKEN_FILE_H_

@@ -1,7 +1,7 @@
 // Read-only memory-mapped files (Boost.Iostreams), so corpora and weights are never read
 // into RAM as a whole.
-#ifndef LATTICE_RUNTIME_MAPPED_FILE_H_
-#define LATTICE_RUNTIME_MAPPED_FILE_H_
+#ifndef LATTICE_RUNTIME_IO_MAPPED_FILE_H_
+#define LATTICE_RUNTIME_IO_MAPPED_FILE_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -40,4 +40,4 @@ absl::Status WriteFileAtomically(const std::string& path, const void* bytes, siz
 
 }  // namespace lattice
 
-#endif  // LATTICE_RUNTIME_MAPPED_FILE_H_
+#endif  // LATTICE_RUNTIME_IO_MAPPED_FILE_H_

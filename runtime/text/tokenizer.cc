@@ -12,7 +12,7 @@
 //                   and rstrip. Ids are assigned the way `tokenizers` assigns them on load.
 //   decoder         ByteLevel or null.
 //   normalizer, truncation, padding: null. post_processor: ignored (see tokenizer.h).
-#include "runtime/tokenizer.h"
+#include "runtime/text/tokenizer.h"
 
 #include <algorithm>
 #include <array>
@@ -28,9 +28,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "runtime/mapped_file.h"
+#include "runtime/io/mapped_file.h"
 #include "runtime/status.h"
-#include "runtime/unicode.h"
+#include "runtime/text/unicode.h"
 
 namespace lattice {
 namespace {

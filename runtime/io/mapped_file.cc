@@ -1,4 +1,4 @@
-#include "runtime/mapped_file.h"
+#include "runtime/io/mapped_file.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

@@ -1,4 +1,4 @@
-#include "runtime/token_file.h"
+#include "runtime/data/token_file.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,7 +13,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "runtime/mapped_file.h"
+#include "runtime/io/mapped_file.h"
 #include "runtime/status.h"
 
 namespace lattice {

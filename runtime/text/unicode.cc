@@ -1,4 +1,4 @@
-#include "runtime/unicode.h"
+#include "runtime/text/unicode.h"
 
 #include <unicode/uchar.h>
 

@@ -1,4 +1,4 @@
-#include "runtime/safetensors.h"
+#include "runtime/io/safetensors.h"
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -5,8 +5,8 @@
 // The matchers reproduce what the Oniguruma engine inside Hugging Face `tokenizers` matches for
 // these exact patterns (ordered alternation, greedy quantifiers with backtracking, the (?!\S)
 // lookahead), so a tokenizer.json that names one of them splits text identically here.
-#ifndef LATTICE_RUNTIME_UNICODE_H_
-#define LATTICE_RUNTIME_UNICODE_H_
+#ifndef LATTICE_RUNTIME_TEXT_UNICODE_H_
+#define LATTICE_RUNTIME_TEXT_UNICODE_H_
 
 #include <array>
 #include <cstddef>
@@ -83,4 +83,4 @@ std::vector<std::string> Split(SplitPattern pattern, absl::string_view text);
 
 }  // namespace lattice::unicode
 
-#endif  // LATTICE_RUNTIME_UNICODE_H_
+#endif  // LATTICE_RUNTIME_TEXT_UNICODE_H_

@@ -1,4 +1,4 @@
-#include "runtime/safetensors.h"
+#include "runtime/io/safetensors.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

@@ -1,4 +1,4 @@
-#include "runtime/dataset.h"
+#include "runtime/data/dataset.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

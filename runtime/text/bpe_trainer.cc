@@ -1,4 +1,4 @@
-#include "runtime/bpe_trainer.h"
+#include "runtime/text/bpe_trainer.h"
 
 #include <algorithm>
 #include <atomic>
@@ -10,9 +10,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "runtime/mapped_file.h"
+#include "runtime/io/mapped_file.h"
 #include "runtime/status.h"
-#include "runtime/unicode.h"
+#include "runtime/text/unicode.h"
 
 namespace lattice {
 namespace {

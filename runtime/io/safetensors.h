@@ -7,8 +7,8 @@
 // the format does not allow (duplicate keys, holes or overlaps in the buffer, sizes that do not
 // match the shape) with kDataLoss naming the file and the tensor, so that a corrupt checkpoint
 // is never half-loaded.
-#ifndef LATTICE_RUNTIME_SAFETENSORS_H_
-#define LATTICE_RUNTIME_SAFETENSORS_H_
+#ifndef LATTICE_RUNTIME_IO_SAFETENSORS_H_
+#define LATTICE_RUNTIME_IO_SAFETENSORS_H_
 
 #include <cstdint>
 #include <map>
@@ -20,7 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "runtime/dtype.h"
-#include "runtime/mapped_file.h"
+#include "runtime/io/mapped_file.h"
 #include "runtime/tensor.h"
 
 namespace lattice {
@@ -79,4 +79,4 @@ absl::Status WriteSafetensors(const std::string& path,
 
 }  // namespace lattice
 
-#endif  // LATTICE_RUNTIME_SAFETENSORS_H_
+#endif  // LATTICE_RUNTIME_IO_SAFETENSORS_H_

@@ -3,8 +3,8 @@
 //
 // Ids: 0..255 are the 256 byte symbols in byte order, then one id per learned merge, then the
 // special tokens (so "<|endoftext|>" is the last id, as in GPT-2).
-#ifndef LATTICE_RUNTIME_BPE_TRAINER_H_
-#define LATTICE_RUNTIME_BPE_TRAINER_H_
+#ifndef LATTICE_RUNTIME_TEXT_BPE_TRAINER_H_
+#define LATTICE_RUNTIME_TEXT_BPE_TRAINER_H_
 
 #include <cstdint>
 #include <string>
@@ -44,4 +44,4 @@ absl::StatusOr<BpeTrainerResult> TrainBpeFromFiles(const std::vector<std::string
 
 }  // namespace lattice
 
-#endif  // LATTICE_RUNTIME_BPE_TRAINER_H_
+#endif  // LATTICE_RUNTIME_TEXT_BPE_TRAINER_H_
