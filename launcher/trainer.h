@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "model/decoder.h"
 #include "model/optimizer.h"
+#include "model/weights_file.h"
 #include "parallel/communicator.h"
 #include "parallel/dp_step.h"
 #include "parallel/engine.h"
@@ -91,17 +92,6 @@ class Trainer {
   FILE* metrics_ = nullptr;
   std::vector<MicroBatch> batches_;
 };
-
-// Weights in and out as safetensors, with lattice's parameter names (model/decoder.h).
-absl::Status SaveWeights(const Decoder& model, const std::string& path);
-absl::Status SaveWeights(const ModelConfig& c,
-                         const std::vector<std::pair<std::string, Tensor>>& tensors,
-                         const std::string& path);
-// Reads every parameter of the configuration (unsharded shapes) from a safetensors file;
-// tensors that are not parameters of this model are an error naming them.
-absl::StatusOr<std::map<std::string, Tensor>> ReadWeights(const ModelConfig& c,
-                                                           const std::string& path);
-absl::Status LoadWeights(Decoder& model, const std::string& path);
 
 }  // namespace lattice
 

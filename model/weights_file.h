@@ -1,0 +1,33 @@
+// Model weights in and out as safetensors, with lattice's parameter names and layouts
+// (model/decoder.h). `__metadata__` carries format "pt", lattice_format_version, the arch and
+// the vocabulary sizes.
+#ifndef LATTICE_MODEL_WEIGHTS_FILE_H_
+#define LATTICE_MODEL_WEIGHTS_FILE_H_
+
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "model/decoder.h"
+#include "runtime/config.h"
+#include "runtime/tensor.h"
+
+namespace lattice {
+
+// Weights in and out as safetensors, with lattice's parameter names (model/decoder.h).
+absl::Status SaveWeights(const Decoder& model, const std::string& path);
+absl::Status SaveWeights(const ModelConfig& c,
+                         const std::vector<std::pair<std::string, Tensor>>& tensors,
+                         const std::string& path);
+// Reads every parameter of the configuration (unsharded shapes) from a safetensors file;
+// tensors that are not parameters of this model are an error naming them.
+absl::StatusOr<std::map<std::string, Tensor>> ReadWeights(const ModelConfig& c,
+                                                           const std::string& path);
+absl::Status LoadWeights(Decoder& model, const std::string& path);
+
+}  // namespace lattice
+
+#endif  // LATTICE_MODEL_WEIGHTS_FILE_H_
