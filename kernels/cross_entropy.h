@@ -21,6 +21,16 @@ int64_t CrossEntropyForward(float* losses, const float* logits, const int32_t* t
 void CrossEntropyBackward(float* dlogits, const float* logits, const int32_t* targets,
                           const float* loss_mask, float dloss, int64_t n, int64_t v, int64_t vp);
 
+// The training head's pair, which computes each exp once: the forward returns the losses as
+// CrossEntropyForward and replaces logits (N, Vp) by the softmax probabilities (padding
+// columns, ignored and masked rows: 0); the backward turns those probabilities, in place, into
+// the gradient (softmax - onehot) * dloss * mask that CrossEntropyBackward's in-place form
+// writes.
+int64_t CrossEntropyForwardProbs(float* losses, float* logits, const int32_t* targets,
+                                 const float* loss_mask, int64_t n, int64_t v, int64_t vp);
+void CrossEntropyBackwardProbs(float* probs, const int32_t* targets, const float* loss_mask,
+                               float dloss, int64_t n, int64_t v, int64_t vp);
+
 }  // namespace lattice::kernels::cpu
 
 #endif  // LATTICE_KERNELS_CROSS_ENTROPY_H_

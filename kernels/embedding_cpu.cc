@@ -2,11 +2,13 @@
 
 #include "kernels/embedding.h"
 #include "kernels/math_cpu.h"
+#include "runtime/profiler.h"
 
 namespace lattice::kernels::cpu {
 
 void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const float* wpe,
                       int64_t b, int64_t t, int64_t c, int64_t pos_offset) {
+  profiler::Scope scope("embedding.fwd", profiler::Category::kElementwise);
 #pragma omp parallel for collapse(2) schedule(static) if (internal::Parallel(b * t * c))
   for (int64_t bi = 0; bi < b; ++bi) {
     for (int64_t ti = 0; ti < t; ++ti) {
@@ -25,6 +27,7 @@ void EmbeddingForward(float* out, const int32_t* tokens, const float* wte, const
 
 void EmbeddingBackward(float* dwte, float* dwpe, const float* dout, const int32_t* tokens,
                        int64_t b, int64_t t, int64_t c, int64_t pos_offset) {
+  profiler::Scope scope("embedding.bwd", profiler::Category::kElementwise);
   // dwte: a token may occur many times, so tasks split the columns (not the tokens): each one
   // scatters its column block of every row, in row order. No atomics, deterministic sums.
   if (dwte != nullptr) {

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "kernels/threads.h"  // SetNumThreads / NumThreads, used with the GEMMs
+
 namespace lattice::kernels::cpu {
 
 // out (N, OC) = inp (N, C) @ weight (OC, C)^T + bias (OC) ; bias may be null.
@@ -14,9 +16,10 @@ void MatmulForward(float* out, const float* inp, const float* weight, const floa
 void MatmulBackward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                     const float* weight, int64_t n, int64_t c, int64_t oc);
 
-// Threads used by the CPU backend (OpenMP and OpenBLAS). 0 = library default.
-void SetNumThreads(int n);
-int NumThreads();
+// OpenBLAS's own sgemm rate on this machine at the current thread count, in GFLOP/s: C (M, N) =
+// A (M, K) B (K, N) repeated on fresh buffers for at least `seconds` after one untimed call.
+// The ceiling `lattice bench train-step --profile` compares the step's GEMMs with.
+double SgemmRate(int64_t m, int64_t n, int64_t k, double seconds);
 
 }  // namespace lattice::kernels::cpu
 

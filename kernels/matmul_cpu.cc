@@ -2,71 +2,165 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
+#include <vector>
 
 #include "kernels/matmul.h"
 #include "kernels/math_cpu.h"
+#include "kernels/simd.h"
+#include "runtime/profiler.h"
 
 namespace lattice::kernels::cpu {
+namespace {
+
+// On a few cores, a GEMM split into one single-threaded OpenBLAS call per thread (each on its
+// own block of rows; inside a parallel region the OpenMP OpenBLAS runs on the calling thread)
+// beats OpenBLAS's own threading of the same call, which synchronises its threads around
+// shared packed panels several times per call: at 2 threads the kjv-demo step's GEMMs ran at
+// ~266 GFLOP/s threaded by OpenBLAS and ~285 split here (docs/performance.md).
+// Each block needs enough rows to keep the single-threaded kernel efficient, and the split
+// pays only while each thread gets a large share; more threads are left to OpenBLAS.
+constexpr int64_t kMinSplitRows = 64;
+constexpr int kMaxSplitThreads = 4;
+// Above this many multiply-adds per call (e.g. GPT-2 small's 256 x 768 x 3072 layers, or its
+// lm head) OpenBLAS's threading was as fast or faster (within the noise of a loaded machine),
+// and it reads a large weight once where the split would read it once per thread.
+constexpr int64_t kMaxSplitMacs = int64_t{1} << 28;
+
+int SplitThreads(int64_t macs, int64_t rows, int blocks_per_thread = 1) {
+  if (omp_in_parallel() || macs > kMaxSplitMacs) return 1;
+  const int threads = omp_get_max_threads();
+  if (threads < 2 || threads > kMaxSplitThreads) return 1;
+  if (rows / (static_cast<int64_t>(threads) * blocks_per_thread) < kMinSplitRows) return 1;
+  return threads;
+}
+
+// Row range [begin, end) of block `i` of `parts` over `rows` rows.
+inline int64_t BlockBegin(int64_t rows, int parts, int i) { return rows * i / parts; }
+
+// out (rows, cols) with row stride ldo = inp (rows, C) @ weight (cols, C)^T [+ bias (cols)].
+void ForwardBlock(float* out, int64_t ldo, const float* inp, const float* weight,
+                  const float* bias, int64_t rows, int64_t c, int64_t cols) {
+  if (bias != nullptr) {
+    for (int64_t i = 0; i < rows; ++i) std::copy(bias, bias + cols, out + i * ldo);
+  }
+  // With beta = 0 OpenBLAS stores the product without reading out (NaN-poisoned buffers are
+  // overwritten; tested).
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, c, 1.0f, inp, c, weight, c,
+              bias != nullptr ? 1.0f : 0.0f, out, ldo);
+}
+
+// dinp rows [r0, r1) += dout rows @ weight.
+void BackwardInputRows(float* dinp, const float* dout, const float* weight, int64_t r0,
+                       int64_t r1, int64_t c, int64_t oc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, c, oc, 1.0f, dout + r0 * oc,
+              oc, weight, c, 1.0f, dinp + r0 * c, c);
+}
+
+// dweight rows [o0, o1) += dout[:, o0:o1]^T @ inp.
+void BackwardWeightRows(float* dweight, const float* dout, const float* inp, int64_t o0,
+                        int64_t o1, int64_t n, int64_t c, int64_t oc) {
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, o1 - o0, c, n, 1.0f, dout + o0, oc, inp,
+              c, 1.0f, dweight + o0 * c, c);
+}
+
+}  // namespace
+
 void MatmulForward(float* out, const float* inp, const float* weight, const float* bias,
                    int64_t n, int64_t c, int64_t oc) {
   if (n <= 0 || oc <= 0) return;
-  if (bias != nullptr) {
-#pragma omp parallel for schedule(static) if (internal::Parallel(n * oc))
-    for (int64_t i = 0; i < n; ++i) {
-      float* row = out + i * oc;
-      for (int64_t j = 0; j < oc; ++j) row[j] = bias[j];
-    }
-  }
+  profiler::Scope scope("matmul.fwd", profiler::Category::kGemm, 2.0 * n * c * oc);
   if (c <= 0) {
     // BLAS rejects a zero leading dimension; an empty contraction is the bias (or zero).
-    if (bias == nullptr) std::fill(out, out + n * oc, 0.0f);
+    for (int64_t i = 0; i < n; ++i) {
+      if (bias != nullptr) {
+        std::copy(bias, bias + oc, out + i * oc);
+      } else {
+        std::fill(out + i * oc, out + (i + 1) * oc, 0.0f);
+      }
+    }
     return;
   }
-  // out (N, OC) = inp (N, C) @ weight^T (C, OC) [+ out]. With beta = 0 OpenBLAS stores the
-  // product without reading out (NaN-poisoned buffers are overwritten; tested).
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, oc, c, 1.0f, inp, c, weight, c,
-              bias != nullptr ? 1.0f : 0.0f, out, oc);
+  // Each thread's call packs the whole of the operand it does not split: split the larger one
+  // (by rows of out when inp is larger, by columns when the weight is, e.g. the lm head), so
+  // the smaller is what is read twice.
+  const bool by_rows = n >= oc;
+  const int parts = SplitThreads(n * c * oc, by_rows ? n : oc);
+  if (parts == 1) {
+    ForwardBlock(out, oc, inp, weight, bias, n, c, oc);
+    return;
+  }
+#pragma omp parallel for schedule(static, 1) num_threads(parts)
+  for (int part = 0; part < parts; ++part) {
+    if (by_rows) {
+      const int64_t r0 = BlockBegin(n, parts, part), r1 = BlockBegin(n, parts, part + 1);
+      ForwardBlock(out + r0 * oc, oc, inp + r0 * c, weight, bias, r1 - r0, c, oc);
+    } else {
+      const int64_t o0 = BlockBegin(oc, parts, part), o1 = BlockBegin(oc, parts, part + 1);
+      ForwardBlock(out + o0, oc, inp, weight + o0 * c, bias != nullptr ? bias + o0 : nullptr, n,
+                   c, o1 - o0);
+    }
+  }
 }
 
 void MatmulBackward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
                     const float* weight, int64_t n, int64_t c, int64_t oc) {
   if (n <= 0 || oc <= 0) return;
-  if (dinp != nullptr && c > 0) {
-    // dinp (N, C) += dout (N, OC) @ weight (OC, C)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, c, oc, 1.0f, dout, oc, weight, c,
-                1.0f, dinp, c);
+  const bool want_dinp = dinp != nullptr && c > 0;
+  const bool want_dweight = dweight != nullptr && c > 0;
+  // Both products cost 2 N C OC: with two of them, half the threads take each (split by rows
+  // of dinp and of dweight); with one, all threads split it.
+  int parts = 1;
+  if (want_dinp && want_dweight) {
+    parts = SplitThreads(n * c * oc, std::min(n, oc), 1);
+    if (parts % 2 != 0 || std::min(n, oc) / (parts / 2) < kMinSplitRows) parts = 1;
   }
-  if (dweight != nullptr && c > 0) {
-    // dweight (OC, C) += dout^T (OC, N) @ inp (N, C)
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, oc, c, n, 1.0f, dout, oc, inp, c, 1.0f,
-                dweight, c);
-  }
-  if (dbias != nullptr) {
-    // Row-major walk over column blocks: contiguous loads, and each column's sum is taken in
-    // row order in double whatever the thread count, so the result is deterministic.
-    const int64_t width = internal::ColumnBlockWidth(oc);
-    const int64_t blocks = (oc + width - 1) / width;
-#pragma omp parallel for schedule(static) if (internal::Parallel(n * oc))
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const int64_t j0 = blk * width;
-      const int64_t w = std::min(width, oc - j0);
-      double acc[internal::kMaxColumnBlock] = {};
-      for (int64_t i = 0; i < n; ++i) {
-        const float* row = dout + i * oc + j0;
-#pragma omp simd
-        for (int64_t j = 0; j < w; ++j) acc[j] += row[j];
+  if (parts > 1) {
+    profiler::Scope scope("matmul.bwd", profiler::Category::kGemm, 4.0 * n * c * oc);
+    const int half = parts / 2;
+#pragma omp parallel for schedule(static, 1) num_threads(parts)
+    for (int part = 0; part < parts; ++part) {
+      if (part < half) {
+        BackwardInputRows(dinp, dout, weight, BlockBegin(n, half, part),
+                          BlockBegin(n, half, part + 1), c, oc);
+      } else {
+        BackwardWeightRows(dweight, dout, inp, BlockBegin(oc, half, part - half),
+                           BlockBegin(oc, half, part - half + 1), n, c, oc);
       }
-      for (int64_t j = 0; j < w; ++j) dbias[j0 + j] += static_cast<float>(acc[j]);
+    }
+  } else {
+    if (want_dinp) {
+      profiler::Scope scope("matmul.bwd", profiler::Category::kGemm, 2.0 * n * c * oc);
+      BackwardInputRows(dinp, dout, weight, 0, n, c, oc);
+    }
+    if (want_dweight) {
+      profiler::Scope scope("matmul.bwd", profiler::Category::kGemm, 2.0 * n * c * oc);
+      BackwardWeightRows(dweight, dout, inp, 0, oc, n, c, oc);
     }
   }
+  if (dbias != nullptr) {
+    profiler::Scope scope("matmul.bwd.dbias", profiler::Category::kElementwise);
+    // Column sums in row order, in double, whatever the thread count: deterministic.
+    internal::Simd().column_sums(dbias, dout, n, oc);
+  }
 }
 
-void SetNumThreads(int n) {
-  if (n <= 0) return;
-  omp_set_num_threads(n);
-  openblas_set_num_threads(n);
+double SgemmRate(int64_t m, int64_t n, int64_t k, double seconds) {
+  std::vector<float> a(m * k, 0.5f), b(k * n, 0.25f), c(m * n, 0.0f);
+  auto run = [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a.data(), k, b.data(),
+                n, 0.0f, c.data(), n);
+  };
+  run();  // untimed: page faults, OpenBLAS's buffers and thread start-up
+  int64_t calls = 0;
+  const auto start = std::chrono::steady_clock::now();
+  double elapsed = 0;
+  do {
+    run();
+    ++calls;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  } while (elapsed < seconds);
+  return 2.0 * m * n * k * calls / elapsed / 1e9;
 }
-
-int NumThreads() { return omp_get_max_threads(); }
 
 }  // namespace lattice::kernels::cpu

@@ -3,10 +3,12 @@
 
 #include "kernels/rmsnorm.h"
 #include "kernels/math_cpu.h"
+#include "runtime/profiler.h"
 
 namespace lattice::kernels::cpu {
 void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int64_t n,
                     int64_t c, float eps) {
+  profiler::Scope scope("rmsnorm.fwd", profiler::Category::kElementwise);
   const float inv_c = 1.0f / static_cast<float>(c);
 #pragma omp parallel for schedule(static) if (internal::Parallel(n * c))
   for (int64_t i = 0; i < n; ++i) {
@@ -25,6 +27,7 @@ void RmsNormForward(float* out, float* rstd, const float* inp, const float* weig
 
 void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float* inp,
                      const float* weight, const float* rstd, int64_t n, int64_t c) {
+  profiler::Scope scope("rmsnorm.bwd", profiler::Category::kElementwise);
   const float inv_c = 1.0f / static_cast<float>(c);
   if (dinp != nullptr) {
     // With xhat = x * rstd and g = dout * weight: dx = rstd * (g - xhat * mean(g * xhat)).

@@ -4,6 +4,7 @@
 #include "kernels/rope.h"
 #include "kernels/math_cpu.h"
 #include "runtime/status.h"
+#include "runtime/profiler.h"
 
 namespace lattice::kernels::cpu {
 namespace {
@@ -95,12 +96,14 @@ void Rotate(float* x, int64_t b, int64_t t, int64_t heads, int64_t d, int64_t ro
 
 void RopeForward(float* x, int64_t b, int64_t t, int64_t heads, int64_t d, int64_t row_stride,
                  int64_t pos_offset, float theta) {
+  profiler::Scope scope("rope.fwd", profiler::Category::kElementwise);
   Rotate(x, b, t, heads, d, row_stride, pos_offset, theta, 1.0f);
 }
 
 // The rotation matrix R is orthogonal, so dx = R^T dy = R(-angle) dy.
 void RopeBackward(float* dx, int64_t b, int64_t t, int64_t heads, int64_t d, int64_t row_stride,
                   int64_t pos_offset, float theta) {
+  profiler::Scope scope("rope.bwd", profiler::Category::kElementwise);
   Rotate(dx, b, t, heads, d, row_stride, pos_offset, theta, -1.0f);
 }
 

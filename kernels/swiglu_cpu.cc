@@ -1,9 +1,11 @@
 #include "kernels/math_cpu.h"
 #include "kernels/swiglu.h"
+#include "runtime/profiler.h"
 
 namespace lattice::kernels::cpu {
 
 void SwiGluForward(float* out, const float* inp, int64_t n, int64_t f) {
+  profiler::Scope scope("swiglu.fwd", profiler::Category::kElementwise);
 #pragma omp parallel for schedule(static) if (internal::Parallel(n * f))
   for (int64_t i = 0; i < n; ++i) {
     const float* gate = inp + i * 2 * f;
@@ -19,6 +21,7 @@ void SwiGluForward(float* out, const float* inp, int64_t n, int64_t f) {
 }
 
 void SwiGluBackward(float* dinp, const float* inp, const float* dout, int64_t n, int64_t f) {
+  profiler::Scope scope("swiglu.bwd", profiler::Category::kElementwise);
 #pragma omp parallel for schedule(static) if (internal::Parallel(n * f))
   for (int64_t i = 0; i < n; ++i) {
     const float* gate = inp + i * 2 * f;

@@ -1,10 +1,12 @@
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "launcher/commands.h"
 #include "launcher/options.h"
+#include "launcher/preflight.h"
 #include "launcher/trainer.h"
 #include "nlohmann/json.hpp"
 #include "runtime/io/safetensors.h"
@@ -32,6 +34,18 @@ absl::Status RunEvalCommand(const CommandArgs& args) {
   bool help;
   LATTICE_RETURN_IF_ERROR(ParseOptions("eval", args, desc, vm, &help));
   if (help) return absl::OkStatus();
+  LATTICE_RETURN_IF_ERROR(CheckIntOption("max-samples", max_samples, 0,
+                                         std::numeric_limits<int64_t>::max()));
+  // The gradients are written after the whole pass: check the path first, and never over the
+  // weights or the data being evaluated.
+  if (!grads_out.empty()) {
+    LATTICE_RETURN_IF_ERROR(CheckOutputs({{"--grads-out", grads_out}},
+                                         {{"--weights", weights},
+                                          {"--config", config},
+                                          {"--data", data},
+                                          {"--data", data + ".bin"},
+                                          {"--data", data + ".idx"}}));
+  }
   LATTICE_ASSIGN_OR_RETURN(Config cfg, LoadConfig(config, sets));
   LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<TokenSource> source, OpenTokenSource(data));
   LATTICE_RETURN_IF_ERROR(source->Validate(cfg.model.vocab_size));

@@ -1,6 +1,8 @@
 #include "launcher/options.h"
 
+#include <cmath>
 #include <iostream>
+#include <limits>
 
 #include "absl/strings/str_cat.h"
 
@@ -26,6 +28,33 @@ absl::Status ParseOptions(const std::string& command, const std::vector<std::str
         absl::StrCat(e.what(), " (see `lattice ", command, " --help`)"));
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckIntOption(absl::string_view option, int64_t value, int64_t min, int64_t max) {
+  if (value >= min && value <= max) return absl::OkStatus();
+  if (max == std::numeric_limits<int64_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", option, "=", value, " is invalid: must be >= ", min));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("--", option, "=", value, " is invalid: must be in [", min, ", ", max, "]"));
+}
+
+absl::Status CheckFloatOption(absl::string_view option, double value, double min, double max,
+                              bool min_exclusive) {
+  const bool above = min_exclusive ? value > min : value >= min;
+  if (std::isfinite(value) && above && value <= max) return absl::OkStatus();
+  const std::string range =
+      std::isinf(max) ? absl::StrCat(min_exclusive ? "> " : ">= ", min)
+                      : absl::StrCat("in ", min_exclusive ? "(" : "[", min, ", ", max, "]");
+  return absl::InvalidArgumentError(absl::StrCat("--", option, "=", value,
+                                                 " is invalid: must be a finite number ", range));
+}
+
+absl::Status CheckThreadsOption(int64_t value) {
+  if (value >= 0 && value <= kMaxThreads) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("--threads=", value, " is invalid: must be in [0, ",
+                                                 kMaxThreads, "] (0 = one per core)"));
 }
 
 }  // namespace lattice

@@ -46,7 +46,9 @@
 #include "absl/strings/str_join.h"
 #include "launcher/commands.h"
 #include "launcher/options.h"
+#include "launcher/preflight.h"
 #include "runtime/io/mapped_file.h"
+#include "runtime/io/json_limits.h"
 #include "runtime/status.h"
 #include "runtime/data/token_file.h"
 #include "runtime/text/tokenizer.h"
@@ -289,12 +291,11 @@ void Preparer::ReadInputs(Pipeline* pipe) const {
 
 absl::Status Preparer::JsonText(const RawDoc& d, std::string* text) const {
   const std::string where = absl::StrCat(opt_.inputs[d.file], ":", d.line);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(d.text.begin(), d.text.end());
-  } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": invalid JSON: ", e.what()));
-  }
+  // The bounded parser (runtime/io/json_limits.h): no NUL-terminated junk, no unbounded depth
+  // or duplicate keys, and error messages of bounded length.
+  absl::StatusOr<nlohmann::json> parsed = ParseJson(d.text);
+  if (!parsed.ok()) return Annotate(parsed.status(), where);
+  nlohmann::json j = std::move(parsed).value();
   if (!j.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": expected one JSON object per line, "
                                                    "got a JSON ", j.type_name()));
@@ -370,11 +371,20 @@ absl::Status Preparer::Run() {
                                                       ec.message()));
     }
   }
+  const int64_t p = static_cast<int64_t>(std::llround(opt_.val_fraction * kValScale));
+  // Every output can be written and none of them is an input, before any document is read.
+  std::vector<NamedPath> outputs, inputs;
+  for (const char* split : {"_train", "_val"}) {
+    if (split == std::string("_val") && p == 0) continue;
+    for (const char* ext : {".bin", ".idx"}) outputs.push_back({"--out", opt_.out + split + ext});
+  }
+  for (const std::string& in : opt_.inputs) inputs.push_back({"--input", in});
+  if (opt_.tokenizer != "byte") inputs.push_back({"--tokenizer", opt_.tokenizer});
+  LATTICE_RETURN_IF_ERROR(CheckOutputs(outputs, inputs));
   MegatronDatasetWriter::Options wo;
   wo.vocab_size = tok_.vocab_size();
   LATTICE_ASSIGN_OR_RETURN(auto train, MegatronDatasetWriter::Create(opt_.out + "_train", wo));
   std::unique_ptr<MegatronDatasetWriter> val;
-  const int64_t p = static_cast<int64_t>(std::llround(opt_.val_fraction * kValScale));
   if (p > 0) {
     LATTICE_ASSIGN_OR_RETURN(val, MegatronDatasetWriter::Create(opt_.out + "_val", wo));
   }
@@ -483,9 +493,7 @@ absl::StatusOr<PrepareOptions> ParsePrepareArgs(const CommandArgs& args, bool* h
     return absl::InvalidArgumentError(absl::StrCat("--val-fraction must be in [0, 1), got ",
                                                    o.val_fraction));
   }
-  if (o.threads < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--threads must be >= 0, got ", o.threads));
-  }
+  LATTICE_RETURN_IF_ERROR(CheckThreadsOption(o.threads));
   if (o.json_key.empty()) return absl::InvalidArgumentError("--json-key must not be empty");
   if (o.out.empty()) return absl::InvalidArgumentError("--out must not be empty");
   return o;

@@ -2,6 +2,7 @@
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,8 +12,10 @@
 #include "absl/strings/str_split.h"
 #include "launcher/commands.h"
 #include "launcher/options.h"
+#include "launcher/preflight.h"
 #include "runtime/text/bpe_trainer.h"
 #include "runtime/io/mapped_file.h"
+#include "runtime/io/output_file.h"
 #include "runtime/status.h"
 #include "runtime/text/tokenizer.h"
 
@@ -43,7 +46,13 @@ absl::Status WriteOutput(const std::string& path, const std::string& bytes) {
     }
     return absl::OkStatus();
   }
-  return WriteFileAtomically(path, bytes.data(), bytes.size());
+  return WriteOutputFile(path, bytes);
+}
+
+// --out can be written and is none of the inputs; checked before the work, not after it.
+absl::Status CheckOut(const std::string& out, const std::vector<NamedPath>& inputs) {
+  if (out.empty() || out == "-") return absl::OkStatus();
+  return CheckOutputs({{"--out", out}}, inputs);
 }
 
 void AppendIds(const std::vector<int32_t>& ids, std::string* out) {
@@ -80,6 +89,16 @@ absl::Status RunTrain(const std::vector<std::string>& args) {
   bool help = false;
   LATTICE_RETURN_IF_ERROR(ParseOptions("tokenizer train", args, desc, vm, &help));
   if (help) return absl::OkStatus();
+  const int64_t num_special = specials.empty() ? 1 : static_cast<int64_t>(specials.size());
+  // 256 byte tokens + the special tokens at least; 2^30 is the BPE trainer's own ceiling.
+  LATTICE_RETURN_IF_ERROR(
+      CheckIntOption("vocab-size", vocab_size, 256 + num_special, int64_t{1} << 30));
+  LATTICE_RETURN_IF_ERROR(CheckIntOption("min-frequency", min_frequency, 1,
+                                         std::numeric_limits<int64_t>::max()));
+  LATTICE_RETURN_IF_ERROR(CheckThreadsOption(threads));
+  std::vector<NamedPath> input_paths;
+  for (const std::string& path : inputs) input_paths.push_back({"--input", path});
+  LATTICE_RETURN_IF_ERROR(CheckOut(out, input_paths));
 
   BpeTrainerOptions options;
   options.vocab_size = vocab_size;
@@ -125,9 +144,8 @@ absl::Status RunEncode(const std::vector<std::string>& args) {
   if (vm.count("text") == vm.count("input")) {
     return absl::InvalidArgumentError("encode: give exactly one of --text and --input");
   }
-  if (threads < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("encode: --threads ", threads, " must be >= 0"));
-  }
+  LATTICE_RETURN_IF_ERROR(CheckThreadsOption(threads));
+  LATTICE_RETURN_IF_ERROR(CheckOut(out, {{"--input", input}, {"--tokenizer", tokenizer_spec}}));
   LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tok, Tokenizer::Load(tokenizer_spec));
   if (vm.count("input")) {
     LATTICE_ASSIGN_OR_RETURN(text, ReadFile(input));
@@ -183,6 +201,7 @@ absl::Status RunDecode(const std::vector<std::string>& args) {
   if (vm.count("ids") == vm.count("input")) {
     return absl::InvalidArgumentError("decode: give exactly one of --ids and --input");
   }
+  LATTICE_RETURN_IF_ERROR(CheckOut(out, {{"--input", input}, {"--tokenizer", tokenizer_spec}}));
   if (vm.count("input")) {
     LATTICE_ASSIGN_OR_RETURN(ids_text, ReadFile(input));
   }

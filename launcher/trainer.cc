@@ -3,43 +3,74 @@
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/grad_norm.h"
 #include "kernels/matmul.h"
+#include "launcher/preflight.h"
 #include "nlohmann/json.hpp"
 #include "parallel/data_parallel.h"
 #include "parallel/launch_env.h"
 #include "runtime/data/dataset.h"
+#include "runtime/status.h"
+#include "runtime/system.h"
+#include "runtime/text/tokenizer.h"
+#include "runtime/io/output_file.h"
 
 namespace lattice {
-
-absl::Status BatchReader::Read(int64_t first, int64_t b, MicroBatch& out) const {
-  out.b = b;
-  out.t = seq_len_;
-  out.inputs.resize(b * seq_len_);
-  out.targets.resize(b * seq_len_);
-  return samples_->GetBatch(first, b, out.inputs.data(), out.targets.data());
-}
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Communicator& world) {
   std::unique_ptr<Trainer> tr(new Trainer(cfg, world));
   Config& c = tr->cfg_;
   LATTICE_RETURN_IF_ERROR(c.ValidateLayout(world.size()));
+  // Every output can be written, and none is an input, before any work (launcher/preflight.h);
+  // checked where the files are written (rank 0), agreed by all.
+  LATTICE_RETURN_IF_ERROR(
+      AgreeOnStatus(world, tr->is_logger() ? CheckTrainOutputs(c) : absl::OkStatus()));
   tr->dp_ = c.parallel.dp;
-  if (c.train.threads > 0) {
-    kernels::cpu::SetNumThreads(c.train.threads);
-  } else if (world.size() > 1) {
-    // Ranks sharing a node share its cores; oversubscribed OpenMP threads spin against each other.
+  {
+    // Threads per rank: train.threads, else the cores this rank really has (its affinity mask,
+    // or its share of an unbound node): oversubscribed OpenMP threads spin against each other.
     auto env = ReadLaunchEnv();
     const int local = env.ok() && env->local_size > 0 ? env->local_size : world.size();
-    const int cores = static_cast<int>(std::thread::hardware_concurrency());
-    kernels::cpu::SetNumThreads(std::max(1, cores / local));
+    const int affinity = AffinityCores();
+    const int threads =
+        c.train.threads > 0
+            ? c.train.threads
+            : kernels::cpu::DefaultThreadsPerRank(
+                  affinity, static_cast<int>(std::thread::hardware_concurrency()), local);
+    kernels::cpu::SetNumThreads(threads);
+    if (tr->is_logger()) {
+      std::printf("lattice train: %d CPU threads per rank (%s; affinity mask %d cores, local "
+                  "ranks %d), OpenBLAS %s, kernels %s\n",
+                  threads, c.train.threads > 0 ? "train.threads" : "default", affinity, local,
+                  kernels::cpu::BlasThreading().c_str(), kernels::cpu::KernelIsa());
+    }
   }
   const int64_t mbs = c.train.micro_batch_size;
   tr->micro_batches_ = c.train.global_batch_size / (mbs * tr->dp_);
+
+  // The tokenizer the data was prepared with must load (a wrong path is an error before any
+  // work, not a surprise at generation time); its end-of-text id separates the documents of
+  // llm.c / nanoGPT files. A tokenizer larger than the model's vocabulary is allowed (the data
+  // may use only part of it: every token is checked against model.vocab_size as it is read),
+  // but worth a warning.
+  std::optional<int32_t> eot;
+  if (!c.data.tokenizer.empty()) {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tok = Tokenizer::Load(c.data.tokenizer);
+    if (!tok.ok()) return Annotate(tok.status(), "data.tokenizer");
+    if ((*tok)->vocab_size() > c.model.vocab_size && tr->is_logger()) {
+      std::fprintf(stderr,
+                   "lattice train: warning: data.tokenizer '%s' has %lld ids but "
+                   "model.vocab_size=%lld; data with larger ids will be refused\n",
+                   c.data.tokenizer.c_str(), static_cast<long long>((*tok)->vocab_size()),
+                   static_cast<long long>(c.model.vocab_size));
+    }
+    eot = (*tok)->eot_id();
+  }
 
   // The engine initialises from train.seed; every rank then copies its shards out of the
   // initial weights when there are some (each rank reads the file: no broadcast of a model).
@@ -57,26 +88,29 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
   }
 
   DatasetOptions data = DatasetOptions::FromConfig(c);
+  if (eot.has_value()) data.source_options.eot = *eot;
   // Without data.val there is no evaluation (rather than silently training on less data).
   if (c.data.val.empty()) data.val_fraction = 0;
   LATTICE_ASSIGN_OR_RETURN(Datasets streams, OpenDatasets(data));
-  tr->train_ = std::make_unique<BatchReader>(streams.train, c.model.seq_len);
-  if (streams.val) tr->val_ = std::make_unique<BatchReader>(streams.val, c.model.seq_len);
+  if (tr->is_logger()) {
+    // Which format each file was read as, and why (runtime/data/token_file.h).
+    for (int i = 0; i < streams.train->num_sources(); ++i) {
+      std::printf("lattice train: data: %s\n", streams.train->source(i).Describe().c_str());
+    }
+  }
+  const ProcessGrid& grid = tr->engine_->grid();
+  tr->train_ = std::make_unique<SampleStream>(streams.train, grid.dp_rank(), grid.dp_size(), mbs);
+  tr->val_ = streams.val;
   tr->batches_.resize(tr->micro_batches_);
 
   if (!c.train.metrics_file.empty() && tr->is_logger()) {
-    tr->metrics_ = std::fopen(c.train.metrics_file.c_str(), "w");
-    if (tr->metrics_ == nullptr) {
-      return absl::PermissionDeniedError(
-          absl::StrCat("train.metrics_file: cannot open '", c.train.metrics_file, "' for writing"));
-    }
+    // A fresh run truncates the file; never through a symbolic link (runtime/io/output_file.h).
+    absl::StatusOr<OutputStream> metrics =
+        OpenOutputStream(c.train.metrics_file, ExistingContent::kTruncate);
+    if (!metrics.ok()) return Annotate(metrics.status(), "train.metrics_file");
+    tr->metrics_ = metrics->release();
   }
   return tr;
-}
-
-int64_t Trainer::FirstSample(int64_t consumed, int64_t i) const {
-  const int64_t mbs = cfg_.train.micro_batch_size;
-  return consumed + i * mbs * dp_ + engine_->grid().dp_rank() * mbs;
 }
 
 absl::StatusOr<StepMetrics> Trainer::Step() {
@@ -84,12 +118,12 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   const auto start = Clock::now();
   const int64_t mbs = cfg_.train.micro_batch_size;
   StepMetrics m;
-  m.step = engine_->step() + 1;
+  m.step = engine_->iteration() + 1;
   m.lr = LearningRate(cfg_.train, m.step);
   // The loss is the mean over every counted target of the global batch (not a mean of
   // micro-batch means), so the result does not depend on micro-batching or the number of ranks.
   for (int64_t i = 0; i < micro_batches_; ++i) {
-    LATTICE_RETURN_IF_ERROR(train_->Read(FirstSample(consumed_samples_, i), mbs, batches_[i]));
+    LATTICE_RETURN_IF_ERROR(train_->Next(batches_[i]));
   }
   LATTICE_ASSIGN_OR_RETURN(EngineStepResult r, engine_->Step(batches_, m.lr));
   m.loss = r.loss;
@@ -97,7 +131,6 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   // Megatron's behaviour for a non-finite loss or norm: skip the update, count it, go on.
   m.skipped = r.skipped;
   nan_iterations_ += r.skipped ? 1 : 0;
-  consumed_samples_ += micro_batches_ * mbs * dp_;
   const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   const double tokens = static_cast<double>(micro_batches_ * mbs * dp_ * cfg_.model.seq_len);
   m.step_ms = ms;
@@ -105,7 +138,7 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   // Per device, as Megatron's "throughput per GPU": the model's FLOPs over all ranks.
   m.tflops = engine_->model().FlopsPerToken(cfg_.model.seq_len) * m.tokens_per_s /
              world_.size() / 1e12;
-  m.consumed_samples = consumed_samples_;
+  m.consumed_samples = train_->consumed_samples();
   m.comm_bytes = r.bytes.bytes();
   m.peak_in_flight = r.peak_in_flight;
   return m;
@@ -117,10 +150,10 @@ absl::StatusOr<double> Trainer::Evaluate() {
   // As Megatron: eval_iters global batches of the validation order (eval_iters *
   // global_batch_size samples), shared by the data-parallel ranks, so the value does not
   // depend on the layout.
-  std::vector<MicroBatch> batches(cfg_.train.eval_iters * micro_batches_);
-  for (size_t i = 0; i < batches.size(); ++i) {
-    LATTICE_RETURN_IF_ERROR(val_->Read(FirstSample(0, static_cast<int64_t>(i)), mbs, batches[i]));
-  }
+  const ProcessGrid& grid = engine_->grid();
+  SampleStream stream(val_, grid.dp_rank(), grid.dp_size(), mbs);
+  std::vector<TokenBatch> batches(cfg_.train.eval_iters * micro_batches_);
+  for (TokenBatch& b : batches) LATTICE_RETURN_IF_ERROR(stream.Next(b));
   LATTICE_ASSIGN_OR_RETURN(auto sums, engine_->Evaluate(batches));
   return sums.second > 0 ? sums.first / static_cast<double>(sums.second) : 0.0;
 }
@@ -175,7 +208,7 @@ absl::Status Trainer::Run() {
     std::fflush(stdout);
   }
   const auto start = std::chrono::steady_clock::now();
-  for (int64_t s = engine_->step(); s < cfg_.train.steps; ++s) {
+  for (int64_t s = engine_->iteration(); s < cfg_.train.steps; ++s) {
     LATTICE_ASSIGN_OR_RETURN(StepMetrics m, Step());
     double val_loss = 0;
     bool have_val = false;

@@ -1,8 +1,9 @@
 // The training loop: micro-batches with gradient accumulation, warmup + decay schedule,
 // global-norm clipping, AdamW (or ZeRO-1), periodic evaluation, a Megatron-style console line
-// and a JSONL metrics file. Data parallel over the world communicator (parallel/dp_step.h):
-// with one rank it is the plain single-process loop. Tensor and pipeline parallelism are not
-// wired in yet (parallel.tp/pp > 1 is rejected up front).
+// and a JSONL metrics file, for any (dp, tp, pp) layout of the world (parallel/engine.h; with
+// one rank it is the plain single-process loop). Samples come from the dataset's own
+// data-parallel cursor (runtime/data/dataset.h, SampleStream), whose DataLoaderState is what a
+// checkpoint saves.
 #ifndef LATTICE_LAUNCHER_TRAINER_H_
 #define LATTICE_LAUNCHER_TRAINER_H_
 
@@ -18,32 +19,14 @@
 #include "model/optimizer.h"
 #include "model/weights_file.h"
 #include "parallel/communicator.h"
-#include "parallel/dp_step.h"
 #include "parallel/engine.h"
 #include "runtime/config.h"
+#include "runtime/data/dataset.h"
 
 namespace lattice {
 
-class TrainingSamples;
-
-// One micro-batch of token ids: inputs (B, T) and targets (B, T) = inputs shifted by one.
-using MicroBatch = TokenBatch;
-
-// Reads micro-batches of consecutive global samples from a sample stream.
-class BatchReader {
- public:
-  BatchReader(std::shared_ptr<const TrainingSamples> samples, int64_t seq_len)
-      : samples_(std::move(samples)), seq_len_(seq_len) {}
-  // Samples [first, first + b) of the global order.
-  absl::Status Read(int64_t first, int64_t b, MicroBatch& out) const;
-
- private:
-  std::shared_ptr<const TrainingSamples> samples_;
-  int64_t seq_len_;
-};
-
 struct StepMetrics {
-  int64_t step = 0;
+  int64_t step = 0;  // the iteration (1-based), skipped ones included
   double loss = 0;
   float lr = 0;
   double grad_norm = 0;
@@ -63,34 +46,33 @@ class Trainer {
 
   // Runs cfg.train.steps optimizer steps (logging, evaluating and finally saving weights).
   absl::Status Run();
-  // One optimizer step over the global batch starting at consumed_samples().
+  // One iteration over the next global batch of the training stream.
   absl::StatusOr<StepMetrics> Step();
-  // Mean loss over train.eval_iters micro-batches of the validation stream.
+  // Mean loss over train.eval_iters global batches of the validation stream (from its start).
   absl::StatusOr<double> Evaluate();
 
   Decoder& model() { return engine_->model(); }
   const ParallelEngine& engine() const { return *engine_; }
-  int64_t consumed_samples() const { return consumed_samples_; }
+  int64_t consumed_samples() const { return train_->consumed_samples(); }
+  // Where the training data stream is: what a checkpoint saves and a resume restores.
+  DataLoaderState data_state() const { return train_->State(); }
 
  private:
   Trainer(const Config& cfg, Communicator& world) : cfg_(cfg), world_(world) {}
   absl::Status WriteMetrics(const StepMetrics& m, const double* val_loss);
-  // Global index of this rank's first sample of local micro-batch i, at `consumed` samples
-  // (Megatron's sampler, runtime/dataset.h).
-  int64_t FirstSample(int64_t consumed, int64_t i) const;
   bool is_logger() const { return world_.rank() == 0; }
 
   Config cfg_;
   Communicator& world_;
   int64_t dp_ = 1;
   std::unique_ptr<ParallelEngine> engine_;
-  std::unique_ptr<BatchReader> train_;
-  std::unique_ptr<BatchReader> val_;
+  // This data-parallel rank's cursor over the training samples.
+  std::unique_ptr<SampleStream> train_;
+  std::shared_ptr<const TrainingSamples> val_;  // null without validation data
   int64_t micro_batches_ = 1;  // local micro-batches per step: gbs / (mbs * dp)
-  int64_t consumed_samples_ = 0;
   int64_t nan_iterations_ = 0;
   FILE* metrics_ = nullptr;
-  std::vector<MicroBatch> batches_;
+  std::vector<TokenBatch> batches_;
 };
 
 }  // namespace lattice

@@ -18,6 +18,12 @@
 // linear are replicated. Parameter.sharding maps each local shard onto the names and layouts
 // above. The model knows nothing about MPI: parallel/ passes a ModelShard and TensorParallelOps
 // (model/tensor_parallel.h) and drives chunks through ForwardChunk/BackwardChunk.
+//
+// The implementation is split by concern: decoder.cc (creation, validation, sizes),
+// decoder_params.cc (parameter declaration, sharding, initialisation, weight views),
+// decoder_activations.cc (activation sets, scratch, the memory plan), decoder_forward.cc,
+// decoder_backward.cc, and decoder_decode.cc (generation with a KV cache, through the same
+// layer forward as training).
 #ifndef LATTICE_MODEL_DECODER_H_
 #define LATTICE_MODEL_DECODER_H_
 
@@ -36,6 +42,19 @@
 #include "runtime/tensor.h"
 
 namespace lattice {
+
+// Bytes a decoder allocates, computed before allocating anything (Decoder::PlanMemory) and
+// equal to what Create then allocates (tests/model/decoder_test.cc checks it).
+struct DecoderMemory {
+  int64_t params = 0;              // fp32 values of this rank's parameters
+  int64_t grads = 0;               // their gradients
+  int64_t scratch = 0;             // backward scratch (one micro-batch)
+  int64_t activations_per_set = 0; // one micro-batch's activations of all this rank's chunks
+  int64_t head_bytes = 0;          // the part of it the head chunk keeps (logits, final norm)
+  int64_t total(int64_t sets_in_flight) const {
+    return params + grads + scratch + activations_per_set * sets_in_flight;
+  }
+};
 
 struct ForwardResult {
   double loss_sum = 0;     // sum of per-token losses over counted targets
@@ -62,6 +81,10 @@ class Decoder {
 
   // Parameter count of a configuration, without allocating anything (presets up to 70B).
   static int64_t CountParameters(const ModelConfig& cfg);
+  // What Create(cfg, batch, shard, ...) would allocate, without allocating it. InvalidArgument
+  // as Create for shards that do not fit the configuration.
+  static absl::StatusOr<DecoderMemory> PlanMemory(const ModelConfig& cfg, int64_t batch,
+                                                  const ModelShard& shard);
   // Names and unsharded shapes of the whole model's parameters, in declaration order.
   static std::vector<std::pair<std::string, Shape>> ParameterShapes(const ModelConfig& cfg);
 
@@ -135,9 +158,30 @@ class Decoder {
 
  private:
   Decoder(const ModelConfig& cfg, int64_t batch, const ModelShard& shard, TensorParallelOps* tp);
+  static absl::Status ValidateShard(const ModelConfig& cfg, int64_t batch,
+                                    const ModelShard& shard, const TensorParallelOps* tp);
   void DeclareParameters();
-  void AllocateScratch();
+  // Resolves every parameter's value/gradient once (after Allocate): no name lookups in a step.
+  void ResolveWeights();
+  // Scratch buffers; with allocate = false only counts their bytes.
+  void AllocateScratch(bool allocate);
   std::string L(int64_t layer, const char* suffix) const;
+
+  // One parameter's value and gradient (null when the model has no such parameter, e.g.
+  // biases in Llama).
+  struct View {
+    float* w = nullptr;
+    float* g = nullptr;
+  };
+  struct LayerWeights {
+    View norm1_w, norm1_b, qkv_w, qkv_b, proj_w, proj_b, norm2_w, norm2_b, fc_w, fc_b,
+        mlp_proj_w, mlp_proj_b;
+    int64_t first_offset = 0, end_offset = 0;  // flat range of the layer's parameters
+  };
+  struct EndWeights {
+    View wte, wpe, norm_f_w, norm_f_b, head;  // head: lm_head, or wte when tied
+  };
+  View ViewOf(const std::string& name) const;
 
   struct LayerActs {
     Tensor residual;   // (R, C) input of the layer (R = hidden rows)
@@ -146,7 +190,7 @@ class Decoder {
     Tensor norm1_mean; // (R) gpt2 only
     Tensor norm1_rstd; // (R)
     Tensor qkv;        // (N, (h+2k)*D) local heads, after RoPE
-    Tensor att;        // (B, h, T, T) softmax probabilities
+    Tensor att_lse;    // (B, h, T) log-sum-exp of each attention row (probabilities recomputed)
     Tensor atty;       // (N, h*D) attention output before the projection
     Tensor residual2;  // (R, C) after the attention residual
     Tensor norm2;      // (R, C)
@@ -159,6 +203,7 @@ class Decoder {
   // Everything one chunk keeps for one micro-batch.
   struct ActSet {
     int64_t b = 0, t = 0;
+    int64_t pos0 = 0;  // position of the first token (> 0 only when decoding with a cache)
     bool has_mask = false;
     Tensor tokens, targets, mask;  // (B, T)
     std::vector<LayerActs> layers;
@@ -168,16 +213,30 @@ class Decoder {
     Tensor row_max, sum_exp, tlogit;  // (N) head only, tp > 1
     int64_t bytes = 0;
   };
+  // Decoding: where the chunk's layers read and append keys and values.
+  struct DecodeContext {
+    KvCache* cache = nullptr;
+  };
   ActSet* Acquire(int chunk, int micro, int64_t b, int64_t t);
-  std::unique_ptr<ActSet> NewActSet(int chunk) const;
+  // An activation set for `chunk` (with allocate = false: only its bytes are counted).
+  std::unique_ptr<ActSet> NewActSet(int chunk, bool allocate) const;
   void Release(int chunk, int micro);
 
+  // Runs chunk `chunk` forward over a set already holding its tokens (or `input`).
+  void ChunkForward(int chunk, ActSet& s, const float* input, const DecodeContext* decode);
   void EmbedForward(ActSet& s, float* x);
   void EmbedBackward(ActSet& s, const float* dx);
-  void LayerForward(LayerActs& a, int64_t l, int64_t b, int64_t t, float* out);
+  void LayerForward(LayerActs& a, int64_t l, const ActSet& s, float* out,
+                    const DecodeContext* decode);
+  void Attention(LayerActs& a, int64_t l, const ActSet& s, const DecodeContext* decode);
   void LayerBackward(LayerActs& a, int64_t l, int64_t b, int64_t t, float* dres);
   ForwardResult HeadForward(ActSet& s, const float* x, bool with_loss);
   void HeadBackward(ActSet& s, float dloss, float* dres);
+  // LayerNorm (gpt2) or RMSNorm (llama) forward/backward.
+  void NormForward(float* out, float* mean, float* rstd, const float* in, const View& w,
+                   const View& b, int64_t rows) const;
+  void NormBackward(float* dx, const View& w, const View& b, const float* dout, const float* in,
+                    const float* mean, const float* rstd, int64_t rows) const;
   // Tensor-parallel region boundaries (identity when tp == 1).
   const float* EnterRegion(const float* x, float* full, int64_t rows);  // returns (N, C)
   void EnterRegionBackward(float* dfull, float* dx, int64_t rows);      // dfull (N,C) -> dx (R,C)
@@ -197,6 +256,8 @@ class Decoder {
   int64_t hl_, kl_, fl_, vl_, kv_begin_, qkv_dim_, fc_dim_;
   std::vector<std::vector<int64_t>> chunks_;
   ParameterSet params_;
+  std::map<int64_t, LayerWeights> layer_weights_;  // by global layer index, the layers held
+  EndWeights ends_;
 
   std::map<std::pair<int, int>, std::unique_ptr<ActSet>> live_;
   std::vector<std::vector<std::unique_ptr<ActSet>>> pool_;  // free sets per chunk
@@ -209,7 +270,6 @@ class Decoder {
   Tensor dnorm_;      // (N, C)
   Tensor dfull_;      // (N, C) gathered gradients / full-row partial sums
   Tensor dqkv_;       // (N, qkv)
-  Tensor datt_;       // (B, h, T, T)
   Tensor datty_;      // (N, h*D)
   Tensor dfc_;        // (N, fc)
   Tensor dact_;       // (N, f)
@@ -219,8 +279,11 @@ class Decoder {
   int64_t activation_bytes_ = 0;
   int64_t scratch_bytes_ = 0;
   GradReadyFn grad_ready_;
-  // Report the parameters from `first` to `last` (a contiguous range) as ready.
-  void ReportReady(const std::string& first, const std::string& last);
+  // Reports the flat range [begin, end) as ready.
+  void ReportReady(int64_t begin, int64_t end) const;
+  // The flat range of the parameters named `first` .. `last` (declared consecutively).
+  std::pair<int64_t, int64_t> Range(const std::string& first, const std::string& last) const;
+  std::pair<int64_t, int64_t> head_range_{0, 0}, norm_f_range_{0, 0}, embed_range_{0, 0};
 };
 
 }  // namespace lattice

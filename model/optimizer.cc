@@ -1,33 +1,57 @@
 #include "model/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "kernels/adamw.h"
 #include "kernels/grad_norm.h"
+#include "runtime/status.h"
 
 namespace lattice {
 
-float LearningRate(const TrainConfig& cfg, int64_t step) {
-  if (cfg.warmup_steps > 0 && step <= cfg.warmup_steps) {
-    return cfg.lr * static_cast<float>(step) / static_cast<float>(cfg.warmup_steps);
+float LearningRate(const TrainConfig& cfg, int64_t iteration) {
+  if (cfg.warmup_steps > 0 && iteration <= cfg.warmup_steps) {
+    return cfg.lr * static_cast<float>(iteration) / static_cast<float>(cfg.warmup_steps);
   }
   if (cfg.lr_decay == LrDecay::kConstant) return cfg.lr;
   const int64_t decay_steps = cfg.steps - cfg.warmup_steps;
   if (decay_steps <= 0) return cfg.lr;
-  double ratio = static_cast<double>(step - cfg.warmup_steps) / static_cast<double>(decay_steps);
+  double ratio =
+      static_cast<double>(iteration - cfg.warmup_steps) / static_cast<double>(decay_steps);
   ratio = std::min(1.0, std::max(0.0, ratio));
   double coeff = cfg.lr_decay == LrDecay::kCosine ? 0.5 * (1.0 + std::cos(M_PI * ratio))
                                                   : 1.0 - ratio;
   return static_cast<float>(cfg.min_lr + coeff * (cfg.lr - cfg.min_lr));
 }
 
-AdamW::AdamW(const ParameterSet& params, const TrainConfig& cfg) : cfg_(cfg) {
-  m_ = Tensor::Zeros({params.numel()}, DType::kF32);
-  v_ = Tensor::Zeros({params.numel()}, DType::kF32);
+std::vector<OptimizerSegment> WholeModelSegments(const ParameterSet& params) {
+  std::vector<OptimizerSegment> out;
+  for (const Parameter& p : params.params()) {
+    const int64_t n = p.value.numel();
+    if (n == 0) continue;
+    out.push_back(OptimizerSegment{p.offset, p.offset + n, p.offset, p.weight_decay});
+  }
+  return out;
 }
 
-void AdamW::Step(const ParameterSet& params, float lr, float grad_scale) {
-  ++step_;
+AdamW::AdamW(const TrainConfig& cfg, std::vector<OptimizerSegment> segments, int64_t state_numel)
+    : cfg_(cfg), segments_(std::move(segments)) {
+  for (const OptimizerSegment& s : segments_) {
+    LATTICE_CHECK_MSG(s.begin <= s.end && s.state_offset >= 0 &&
+                          s.state_offset + s.numel() <= state_numel,
+                      "optimizer segment outside its state");
+  }
+  m_ = Tensor::Zeros({state_numel}, DType::kF32);
+  v_ = Tensor::Zeros({state_numel}, DType::kF32);
+}
+
+AdamW::AdamW(const ParameterSet& params, const TrainConfig& cfg)
+    : AdamW(cfg, WholeModelSegments(params), params.numel()) {}
+
+void AdamW::UpdateSegments(size_t first, size_t last, float* values, const float* grads,
+                           float lr, float grad_scale) {
+  LATTICE_CHECK_MSG(step_ > 0, "UpdateSegments before BeginStep");
   kernels::cpu::AdamWArgs args;
   args.lr = lr;
   args.beta1 = cfg_.beta1;
@@ -35,12 +59,20 @@ void AdamW::Step(const ParameterSet& params, float lr, float grad_scale) {
   args.eps = cfg_.adam_eps;
   args.step = step_;
   args.grad_scale = grad_scale;
-  for (const Parameter& p : params.params()) {
-    args.weight_decay = p.weight_decay ? cfg_.weight_decay : 0.0f;
-    const int64_t n = p.value.numel();
-    kernels::cpu::AdamWUpdate(p.value.f32(), p.grad.f32(), m_.f32() + p.offset,
-                              v_.f32() + p.offset, n, args);
+  float* m = m_.f32();
+  float* v = v_.f32();
+  for (size_t i = first; i < last; ++i) {
+    const OptimizerSegment& s = segments_[i];
+    args.weight_decay = s.weight_decay ? cfg_.weight_decay : 0.0f;
+    kernels::cpu::AdamWUpdate(values + s.begin, grads + s.begin, m + s.state_offset,
+                              v + s.state_offset, s.numel(), args);
   }
+}
+
+void AdamW::Step(const ParameterSet& params, float lr, float grad_scale) {
+  BeginStep();
+  UpdateSegments(0, segments_.size(), params.flat_values().f32(), params.flat_grads().f32(), lr,
+                 grad_scale);
 }
 
 double GlobalGradNorm(const ParameterSet& params) {

@@ -1,10 +1,25 @@
-// AdamW over a ParameterSet (decoupled weight decay, none on norms and biases), the learning-rate
-// schedule (linear warmup, then cosine / linear / constant decay to min_lr) and global-norm
-// gradient clipping.
+// AdamW over the flat parameter buffer (decoupled weight decay, none on norms and biases), the
+// learning-rate schedule (linear warmup, then cosine / linear / constant decay to min_lr) and
+// global-norm gradient clipping.
+//
+// One optimizer for every layout. AdamW updates a list of segments of the flat buffers and
+// keeps its moments for exactly those segments:
+//   - one process, or plain data parallelism: the segments are every parameter (WholeModel),
+//     and every replica applies the same update;
+//   - ZeRO-1 (Megatron's distributed optimizer): the segments are this data-parallel rank's
+//     shard (parallel/data_parallel.h, ShardSegments), so the moments cost 8 bytes per element
+//     of the shard, and parallel/ all-gathers the updated parameters afterwards.
+// The fp32 model is its own master copy: the update writes the parameters in place.
+//
+// Two counters: the optimizer's step (updates applied, used for Adam's bias correction) is not
+// the trainer's iteration (steps attempted, used for the learning-rate schedule). A skipped
+// iteration (non-finite loss or norm) applies no update and leaves the optimizer's step alone,
+// as torch.optim and Megatron do.
 #ifndef LATTICE_MODEL_OPTIMIZER_H_
 #define LATTICE_MODEL_OPTIMIZER_H_
 
 #include <cstdint>
+#include <vector>
 
 #include "model/parameters.h"
 #include "runtime/config.h"
@@ -12,24 +27,52 @@
 
 namespace lattice {
 
-// Megatron's schedule: lr rises linearly over warmup_steps (step 1 gets lr/warmup), then
-// decays from lr to min_lr over the remaining steps. `step` is 1-based.
-float LearningRate(const TrainConfig& cfg, int64_t step);
+// Megatron's schedule: lr rises linearly over warmup_steps (iteration 1 gets lr/warmup), then
+// decays from lr to min_lr over the remaining iterations. `iteration` is 1-based.
+float LearningRate(const TrainConfig& cfg, int64_t iteration);
+
+// A contiguous range of the flat parameter buffers that lies inside one parameter, and where
+// its moments live in the optimizer's state.
+struct OptimizerSegment {
+  int64_t begin = 0;         // flat element range [begin, end)
+  int64_t end = 0;
+  int64_t state_offset = 0;  // position of `begin` in the moment buffers
+  bool weight_decay = true;  // the owning parameter's flag
+  int64_t numel() const { return end - begin; }
+};
+
+// Every parameter, with the moments laid out like the flat buffer (state_offset == begin).
+std::vector<OptimizerSegment> WholeModelSegments(const ParameterSet& params);
 
 class AdamW {
  public:
+  // `segments` must be disjoint, inside the parameter buffers, and their state ranges inside
+  // [0, state_numel).
+  AdamW(const TrainConfig& cfg, std::vector<OptimizerSegment> segments, int64_t state_numel);
+  // The whole model (one process or plain data parallelism).
   AdamW(const ParameterSet& params, const TrainConfig& cfg);
-  // One update with the given learning rate; grads are multiplied by grad_scale first (the
-  // clipping coefficient). Increments the step counter.
+
+  // Starts an update: increments the step (bias correction uses the new value).
+  void BeginStep() { ++step_; }
+  // Updates segments [first, last) of `values` from `grads` (both flat buffers) with learning
+  // rate `lr`; grads are multiplied by grad_scale first (the clipping coefficient). Between
+  // BeginStep calls every segment is updated once (in pieces, so that parallel/ can start the
+  // all-gather of a bucket while the next one is updated).
+  void UpdateSegments(size_t first, size_t last, float* values, const float* grads, float lr,
+                      float grad_scale);
+  // BeginStep + every segment.
   void Step(const ParameterSet& params, float lr, float grad_scale);
+
   int64_t step() const { return step_; }
   void set_step(int64_t s) { step_ = s; }
-  const Tensor& m() const { return m_; }  // (numel,) first moments, same layout as the params
-  const Tensor& v() const { return v_; }  // (numel,) second moments
-  int64_t state_bytes() const { return m_.nbytes() + v_.nbytes(); }
+  const std::vector<OptimizerSegment>& segments() const { return segments_; }
+  const Tensor& m() const { return m_; }  // (state_numel,) first moments
+  const Tensor& v() const { return v_; }  // (state_numel,) second moments
+  int64_t state_bytes() const { return static_cast<int64_t>(m_.nbytes() + v_.nbytes()); }
 
  private:
   TrainConfig cfg_;
+  std::vector<OptimizerSegment> segments_;
   Tensor m_, v_;
   int64_t step_ = 0;
 };

@@ -26,6 +26,11 @@ absl::Status SaveWeights(const ModelConfig& c,
 // tensors that are not parameters of this model are an error naming them.
 absl::StatusOr<std::map<std::string, Tensor>> ReadWeights(const ModelConfig& c,
                                                            const std::string& path);
+// Loads every parameter of `model` (CPU parameters) from a safetensors file. Errors leave the
+// model unchanged. Both readers refuse: tensors that are not parameters, other shapes, NaN or
+// Inf values (DataLoss naming the tensor and the first bad element), and a __metadata__ whose
+// arch / vocab_size / padded_vocab (written by SaveWeights) differ from the config, or whose
+// lattice_format_version is not this build's. Files without those keys are judged by shapes.
 absl::Status LoadWeights(Decoder& model, const std::string& path);
 
 }  // namespace lattice

@@ -74,6 +74,41 @@ int64_t ReduceScatterWireBytes(int64_t n, int p) { return p <= 1 ? 0 : (p - 1) *
 int64_t AllGatherWireBytes(int64_t n, int p) { return p <= 1 ? 0 : (p - 1) * n / p; }
 int64_t BroadcastWireBytes(int64_t n, int p) { return p <= 1 ? 0 : n; }
 
+std::string CommVolume::ToString() const {
+  auto op = [](const char* name, const OpCounter& c) {
+    return absl::StrCat(name, " ", c.calls, "x", c.bytes, " B");
+  };
+  return absl::StrCat(bytes(), " B: ", op("all_reduce", all_reduce), ", ",
+                      op("reduce_scatter", reduce_scatter), ", ", op("all_gather", all_gather),
+                      ", ", op("other", other));
+}
+
+CommVolume& CommVolume::operator+=(const CommVolume& o) {
+  auto add = [](OpCounter& a, const OpCounter& b) {
+    a.calls += b.calls;
+    a.bytes += b.bytes;
+  };
+  add(all_reduce, o.all_reduce);
+  add(reduce_scatter, o.reduce_scatter);
+  add(all_gather, o.all_gather);
+  add(other, o.other);
+  return *this;
+}
+
+CommVolume CommVolume::Between(const CommCounters& before, const CommCounters& after) {
+  auto diff = [](const OpCounter& a, const OpCounter& b) {
+    return OpCounter{b.calls - a.calls, b.bytes - a.bytes};
+  };
+  CommVolume v;
+  v.all_reduce = diff(before.all_reduce, after.all_reduce);
+  v.reduce_scatter = diff(before.reduce_scatter, after.reduce_scatter);
+  v.all_gather = diff(before.all_gather, after.all_gather);
+  const OpCounter bc = diff(before.broadcast, after.broadcast);
+  const OpCounter send = diff(before.send, after.send);
+  v.other = OpCounter{bc.calls + send.calls, bc.bytes + send.bytes};
+  return v;
+}
+
 int64_t CommCounters::BytesSent() const {
   return all_reduce.bytes + reduce_scatter.bytes + all_gather.bytes + broadcast.bytes + send.bytes;
 }

@@ -113,6 +113,25 @@ struct CommCounters {
   bool operator==(const CommCounters&) const = default;
 };
 
+// Communication of one rank over an interval (e.g. a training step), by operation: what the
+// engine measures from its communicators' counters and compares with its analytic count.
+struct CommVolume {
+  OpCounter all_reduce;
+  OpCounter reduce_scatter;
+  OpCounter all_gather;
+  OpCounter other;  // broadcast and point-to-point sends (pipeline transfers)
+
+  int64_t bytes() const {
+    return all_reduce.bytes + reduce_scatter.bytes + all_gather.bytes + other.bytes;
+  }
+  std::string ToString() const;
+  bool operator==(const CommVolume&) const = default;
+  CommVolume& operator+=(const CommVolume& o);
+
+  // What `after` counted beyond `before` (the counters of one communicator).
+  static CommVolume Between(const CommCounters& before, const CommCounters& after);
+};
+
 // Handle of a non-blocking operation.
 class Work {
  public:

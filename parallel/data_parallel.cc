@@ -78,7 +78,7 @@ std::vector<ShardSegment> ShardSegments(const ParameterSet& params, const Bucket
       s.begin = std::max(own.begin, it->offset);
       s.end = std::min(own.end, it->offset + NumElements(it->shape));
       if (s.end <= s.begin) continue;  // an empty parameter
-      s.shard_offset = own.shard_offset + (s.begin - own.begin);
+      s.state_offset = own.shard_offset + (s.begin - own.begin);
       s.param = static_cast<size_t>(it - ps.begin());
       s.weight_decay = it->weight_decay;
       out.push_back(s);

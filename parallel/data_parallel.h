@@ -24,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "model/optimizer.h"
 #include "model/parameters.h"
 #include "parallel/communicator.h"
 
@@ -64,15 +65,11 @@ struct BucketLayout {
 // InvalidArgument when numel < 1, dp < 1 or bucket_bytes < 1 (the message names the value).
 absl::StatusOr<BucketLayout> MakeBucketLayout(int64_t numel, int dp, int64_t bucket_bytes);
 
-// One piece of a rank's shard that lies inside a single parameter, so the optimizer knows
-// which weight-decay rule applies to it.
-struct ShardSegment {
-  int64_t begin = 0;          // flat element range [begin, end)
-  int64_t end = 0;
-  int64_t shard_offset = 0;   // position of `begin` in the rank's shard
-  size_t param = 0;           // index into ParameterSet::params()
-  bool weight_decay = true;   // the parameter's flag
-  int64_t numel() const { return end - begin; }
+// One piece of a rank's shard that lies inside a single parameter: an optimizer segment whose
+// state_offset is its position in the rank's shard (so AdamW keeps the shard's moments only),
+// plus the parameter it belongs to.
+struct ShardSegment : OptimizerSegment {
+  size_t param = 0;  // index into ParameterSet::params()
 };
 
 // The segments of `rank`'s shard, in shard order. Their union is the rank's owned ranges.

@@ -9,7 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/grad_norm.h"
+#include "parallel/launch_env.h"
 #include "runtime/status.h"
+#include "runtime/system.h"
 
 namespace lattice {
 
@@ -39,18 +41,19 @@ std::vector<int64_t> StageLayers(int64_t n_layer, int virtual_stages, int v) {
 
 // ---- Construction --------------------------------------------------------------------------
 
-ParallelEngine::ParallelEngine(const Config& cfg, Communicator& world, ProcessGrid grid)
-    : cfg_(cfg), world_(world), grid_(std::move(grid)) {}
+ParallelEngine::ParallelEngine(const Config& cfg, Communicator& world, ProcessGrid grid,
+                               const EngineOptions& options)
+    : cfg_(cfg), world_(world), grid_(std::move(grid)), options_(options) {}
 
 ParallelEngine::~ParallelEngine() = default;
 
-absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(const Config& cfg,
-                                                                       Communicator& world) {
+absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(
+    const Config& cfg, Communicator& world, const EngineOptions& options) {
   const ParallelConfig& p = cfg.parallel;
   LATTICE_ASSIGN_OR_RETURN(
       ProcessGrid grid, ProcessGrid::Create(world.size(), world.rank(), static_cast<int>(p.tp),
                                             static_cast<int>(p.pp), static_cast<int>(p.dp)));
-  std::unique_ptr<ParallelEngine> e(new ParallelEngine(cfg, world, std::move(grid)));
+  std::unique_ptr<ParallelEngine> e(new ParallelEngine(cfg, world, std::move(grid), options));
   const ProcessGrid& g = e->grid_;
   const int64_t per_step = cfg.train.micro_batch_size * g.dp_size();
   if (cfg.train.global_batch_size % per_step != 0) {
@@ -79,6 +82,14 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(const Con
   }
   shard.embedding = g.IsFirstStage();
   shard.head = g.IsLastStage();
+  // Memory is planned, not discovered: refuse (on every rank, before allocating anything) a
+  // model this node cannot hold.
+  absl::StatusOr<EngineMemory> plan =
+      PlanMemory(cfg, g, shard, e->micro_batches_, options.bucket_bytes);
+  absl::Status fits = plan.status();
+  if (fits.ok()) fits = CheckFits(*plan, world.size());
+  LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world, fits));
+  e->plan_ = *plan;
   if (g.tp_size() > 1) e->tp_ops_ = std::make_unique<CommTensorParallelOps>(*e->comms_.tp);
   LATTICE_ASSIGN_OR_RETURN(e->model_, Decoder::Create(cfg.model, cfg.train.micro_batch_size,
                                                       shard, e->tp_ops_.get()));
@@ -86,7 +97,7 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(const Con
 
   ParameterSet& params = e->model_->params();
   LATTICE_ASSIGN_OR_RETURN(e->layout_,
-                           MakeBucketLayout(params.numel(), g.dp_size(), kDefaultBucketBytes));
+                           MakeBucketLayout(params.numel(), g.dp_size(), options.bucket_bytes));
   float* staging = nullptr;
   if (p.zero1) {
     for (size_t i = 0; i < e->layout_.buckets.size(); ++i) {
@@ -95,10 +106,21 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(const Con
       }
     }
     if (e->staging_.defined()) staging = e->staging_.f32();
-    e->sharded_ = std::make_unique<DistributedOptimizer>(params, cfg.train, e->layout_,
-                                                         g.dp_rank(), staging);
+    // The optimizer holds this rank's shard; segments come in shard (= bucket) order, so each
+    // bucket's segments are a contiguous run of them.
+    std::vector<ShardSegment> shard = ShardSegments(params, e->layout_, g.dp_rank());
+    std::vector<OptimizerSegment> segs(shard.begin(), shard.end());
+    size_t at = 0;
+    for (size_t i = 0; i < e->layout_.buckets.size(); ++i) {
+      const GradBucket& b = e->layout_.buckets[i];
+      const size_t first = at;
+      while (at < segs.size() && segs[at].state_offset < b.shard_offset + b.chunk) ++at;
+      e->bucket_segments_.emplace_back(first, at);
+    }
+    LATTICE_CHECK_MSG(at == segs.size(), "shard segments out of bucket order");
+    e->optimizer_ = std::make_unique<AdamW>(cfg.train, std::move(segs), e->layout_.shard_numel);
   } else {
-    e->adamw_ = std::make_unique<AdamW>(params, cfg.train);
+    e->optimizer_ = std::make_unique<AdamW>(params, cfg.train);
   }
   e->overlap_dp_ = g.tp_size() == 1 && g.pp_size() == 1;
   e->reducer_ = std::make_unique<GradReducer>(
@@ -126,6 +148,68 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(const Con
   return e;
 }
 
+absl::StatusOr<EngineMemory> ParallelEngine::PlanMemory(const Config& cfg, const ProcessGrid& g,
+                                                        const ModelShard& shard,
+                                                        int micro_batches,
+                                                        int64_t bucket_bytes) {
+  LATTICE_ASSIGN_OR_RETURN(DecoderMemory d,
+                           Decoder::PlanMemory(cfg.model, cfg.train.micro_batch_size, shard));
+  EngineMemory m;
+  m.params = d.params;
+  m.grads = d.grads;
+  m.scratch = d.scratch;
+  const int64_t numel = d.params / static_cast<int64_t>(sizeof(float));
+  const int64_t dp = g.dp_size();
+  // AdamW's m and v: of the whole local model, or of the ZeRO-1 shard (ceil(numel / dp)); the
+  // short bucket's staging buffer is at most one padded bucket of dp * chunk elements.
+  m.optimizer_state = 8 * (cfg.parallel.zero1 ? (numel + dp - 1) / dp : numel);
+  if (cfg.parallel.zero1) {
+    LATTICE_ASSIGN_OR_RETURN(BucketLayout layout,
+                             MakeBucketLayout(numel, static_cast<int>(dp), bucket_bytes));
+    for (size_t i = 0; i < layout.buckets.size(); ++i) {
+      if (layout.needs_padding(i)) m.comm_buffers = 4 * layout.padded(i);
+    }
+  }
+  m.activations_per_micro_batch = d.activations_per_set;
+  // Activation sets alive at the schedule's peak (parallel/pipeline_schedule.h): GPipe keeps
+  // every micro-batch, 1F1B at most pp - stage, interleaving Megatron's warmup + 1 chunk-sets.
+  const int pp = g.pp_size(), stage = g.pp_rank(), vpp = static_cast<int>(cfg.parallel.vpp);
+  int64_t sets = 0;
+  switch (cfg.parallel.schedule) {
+    case PipelineSchedule::kGpipe:
+      sets = static_cast<int64_t>(micro_batches) * vpp;
+      break;
+    case PipelineSchedule::kOneFOneB:
+      sets = std::min(pp - stage, micro_batches);
+      break;
+    case PipelineSchedule::kInterleaved:
+      sets = std::min((pp - stage - 1) * 2 + (vpp - 1) * pp + 1, micro_batches * vpp);
+      break;
+  }
+  // A chunk-set of interleaving holds 1/vpp of the layers (the head chunk a little more).
+  m.activations_peak = vpp > 1 ? sets * ((d.activations_per_set + vpp - 1) / vpp + d.head_bytes)
+                               : sets * d.activations_per_set;
+  return m;
+}
+
+absl::Status ParallelEngine::CheckFits(const EngineMemory& plan, int world_size) {
+  absl::StatusOr<LaunchEnv> env = ReadLaunchEnv();
+  const int local = env.ok() && env->local_size > 0 ? env->local_size : world_size;
+  const MemoryInfo mem = AvailableMemory();
+  if (mem.available_bytes < 0) return absl::OkStatus();  // unknown: nothing to refuse on
+  const int64_t per_rank = mem.available_bytes / std::max(1, local);
+  if (plan.total() <= per_rank) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "the model needs ", FormatGiB(plan.total()), " per rank (parameters ",
+      FormatGiB(plan.params), ", gradients ", FormatGiB(plan.grads), ", optimizer state ",
+      FormatGiB(plan.optimizer_state), ", activations ", FormatGiB(plan.activations_peak),
+      " at the schedule's peak, scratch ", FormatGiB(plan.scratch), "), but this node has ",
+      FormatGiB(mem.available_bytes), " available (", mem.source, ") for its ", local,
+      " rank(s), ", FormatGiB(per_rank), " each; use a smaller model or "
+      "train.micro_batch_size, or shard it over more ranks (parallel.tp, parallel.pp, "
+      "parallel.zero1)"));
+}
+
 std::string ParallelEngine::LayoutString() const {
   const ParallelConfig& p = cfg_.parallel;
   const char* schedule = p.schedule == PipelineSchedule::kGpipe         ? "gpipe"
@@ -137,25 +221,16 @@ std::string ParallelEngine::LayoutString() const {
                       " zero1=", p.zero1 ? "on" : "off");
 }
 
-int64_t ParallelEngine::step() const { return sharded_ ? sharded_->step() : adamw_->step(); }
-
-void ParallelEngine::set_step(int64_t s) {
-  if (sharded_) {
-    sharded_->set_step(s);
-  } else {
-    adamw_->set_step(s);
-  }
-}
-
 EngineMemory ParallelEngine::memory() const {
   EngineMemory m;
   const ParameterSet& p = model_->params();
   m.params = static_cast<int64_t>(p.flat_values().nbytes());
   m.grads = static_cast<int64_t>(p.flat_grads().nbytes());
-  m.optimizer_state = sharded_ ? sharded_->state_bytes() : adamw_->state_bytes();
+  m.optimizer_state = optimizer_->state_bytes();
   m.comm_buffers = staging_.defined() ? static_cast<int64_t>(staging_.nbytes()) : 0;
   m.activations_per_micro_batch = model_->activation_bytes();
   m.activations_peak = model_->peak_activation_bytes();
+  m.scratch = model_->scratch_bytes();
   return m;
 }
 
@@ -182,6 +257,43 @@ CommCounters ParallelEngine::TotalCounters() const {
   add(comms_.pp.get());
   add(comms_.embedding.get());
   return t;
+}
+
+absl::Status ValidateTokenBatches(const std::vector<TokenBatch>& batches, const ModelConfig& mc,
+                                  int64_t micro_batch_size, int dp_rank, int64_t* tokens) {
+  if (batches.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parallel step: data-parallel rank ", dp_rank,
+        " has no micro-batch (global batch / (micro_batch_size * dp) must be >= 1)"));
+  }
+  int64_t count = 0;
+  for (size_t i = 0; i < batches.size(); ++i) {
+    const TokenBatch& mb = batches[i];
+    const std::string where = absl::StrCat("parallel step: micro-batch ", i,
+                                           " of data-parallel rank ", dp_rank, ": ");
+    if (mb.b < 1 || mb.b > micro_batch_size || mb.t < 1 || mb.t > mc.seq_len) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, "shape (", mb.b, ", ", mb.t, ") is outside (1..train.micro_batch_size=",
+          micro_batch_size, ", 1..model.seq_len=", mc.seq_len, ")"));
+    }
+    const size_t n = static_cast<size_t>(mb.b * mb.t);
+    if (mb.inputs.size() != n || mb.targets.size() != n) {
+      return absl::InvalidArgumentError(absl::StrCat(where, "has ", mb.inputs.size(),
+                                                     " inputs and ", mb.targets.size(),
+                                                     " targets for shape (", mb.b, ", ", mb.t,
+                                                     ") = ", n));
+    }
+    for (size_t k = 0; k < n; ++k) {
+      if (mb.inputs[k] < 0 || mb.inputs[k] >= mc.vocab_size || mb.targets[k] >= mc.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, "token ", mb.inputs[k], " / target ", mb.targets[k], " at position ", k,
+            " is outside model.vocab_size=", mc.vocab_size));
+      }
+      count += mb.targets[k] >= 0 ? 1 : 0;
+    }
+  }
+  *tokens = count;
+  return absl::OkStatus();
 }
 
 absl::Status ParallelEngine::CheckBatches(const std::vector<TokenBatch>& batches,
@@ -378,6 +490,32 @@ double ParallelEngine::OwnedSumOfSquares() const {
 absl::StatusOr<EngineStepResult> ParallelEngine::Step(const std::vector<TokenBatch>& batches,
                                                       float lr) {
   const CommCounters before = TotalCounters();
+  LATTICE_ASSIGN_OR_RETURN(EngineStepResult res, ForwardBackward(batches));
+  ++iteration_;
+  if (!std::isfinite(res.loss) || !std::isfinite(res.grad_norm)) {
+    // Megatron's rule: no update on any rank (every rank sees the same sums), the iteration
+    // counts, the optimizer's step does not.
+    res.skipped = true;
+    res.clip = 0.0f;
+  } else {
+    res.clip = kernels::cpu::ClipCoefficient(res.grad_norm, cfg_.train.grad_clip);
+    LATTICE_RETURN_IF_ERROR(Annotate(UpdateParameters(lr, res.clip), "optimizer"));
+  }
+  res.bytes = CommVolume::Between(before, TotalCounters());
+  return res;
+}
+
+absl::StatusOr<EngineStepResult> ParallelEngine::ComputeGradients(
+    const std::vector<TokenBatch>& batches) {
+  const CommCounters before = TotalCounters();
+  LATTICE_ASSIGN_OR_RETURN(EngineStepResult res, ForwardBackward(batches));
+  res.clip = kernels::cpu::ClipCoefficient(res.grad_norm, cfg_.train.grad_clip);
+  res.bytes = CommVolume::Between(before, TotalCounters());
+  return res;
+}
+
+absl::StatusOr<EngineStepResult> ParallelEngine::ForwardBackward(
+    const std::vector<TokenBatch>& batches) {
   EngineStepResult res;
   int64_t local_tokens = 0;
   absl::Status local = CheckBatches(batches, &local_tokens);
@@ -410,6 +548,7 @@ absl::StatusOr<EngineStepResult> ParallelEngine::Step(const std::vector<TokenBat
     reducer_->OnGradsReady(0, params.numel());
   }
   LATTICE_RETURN_IF_ERROR(Annotate(reducer_->Finish(), "data parallel gradient reduction"));
+  res.buckets = reducer_->stats().buckets;
   res.overlapped_buckets = reducer_->stats().overlapped;
 
   // The loss comes from the last stage's first tensor-parallel rank of every dp rank; the norm
@@ -419,25 +558,57 @@ absl::StatusOr<EngineStepResult> ParallelEngine::Step(const std::vector<TokenBat
   LATTICE_RETURN_IF_ERROR(SumInRankOrder(world_, absl::MakeSpan(sums)));
   res.loss = res.tokens > 0 ? sums[0] / static_cast<double>(res.tokens) : 0.0;
   res.grad_norm = std::sqrt(sums[1]);
-  if (!std::isfinite(res.loss) || !std::isfinite(res.grad_norm)) {
-    res.skipped = true;
-    res.clip = 0.0f;
-    if (sharded_) {
-      sharded_->SkipStep();
-    } else {
-      adamw_->set_step(adamw_->step() + 1);
+  return res;
+}
+
+absl::Status ParallelEngine::UpdateParameters(float lr, float clip) {
+  ParameterSet& params = model_->params();
+  float* values = params.flat_values().f32();
+  const float* grads = params.flat_grads().f32();
+  optimizer_->BeginStep();
+  if (!cfg_.parallel.zero1) {
+    optimizer_->UpdateSegments(0, optimizer_->segments().size(), values, grads, lr, clip);
+    return absl::OkStatus();
+  }
+  // ZeRO-1: update this rank's chunk of bucket i, then launch its all-gather, so the gather of
+  // one bucket overlaps the update of the next.
+  const int rank = grid_.dp_rank();
+  absl::Status error;
+  std::vector<std::unique_ptr<Work>> works(layout_.buckets.size());
+  for (size_t i = 0; i < layout_.buckets.size(); ++i) {
+    const GradBucket& b = layout_.buckets[i];
+    optimizer_->UpdateSegments(bucket_segments_[i].first, bucket_segments_[i].second, values,
+                               grads, lr, clip);
+    float* full = values + b.begin;
+    if (layout_.needs_padding(i)) {
+      // The short bucket travels through a zero-padded staging buffer of dp * chunk elements.
+      const OwnedRange own = layout_.Owned(i, rank);
+      float* staging = staging_.f32();
+      std::fill(staging, staging + layout_.padded(i), 0.0f);
+      if (own.numel() > 0) {
+        std::memcpy(staging + (own.begin - b.begin), values + own.begin,
+                    static_cast<size_t>(own.numel()) * sizeof(float));
+      }
+      full = staging;
     }
-  } else {
-    res.clip = kernels::cpu::ClipCoefficient(res.grad_norm, cfg_.train.grad_clip);
-    if (sharded_) {
-      LATTICE_RETURN_IF_ERROR(
-          Annotate(sharded_->Step(params, *comms_.dp, lr, res.clip), "distributed optimizer"));
-    } else {
-      adamw_->Step(params, lr, res.clip);
+    absl::StatusOr<std::unique_ptr<Work>> w =
+        comms_.dp->IAllGather(full + static_cast<int64_t>(rank) * b.chunk, full,
+                              static_cast<size_t>(b.chunk), CommType::kF32);
+    if (w.ok()) {
+      works[i] = std::move(w).value();
+    } else if (error.ok()) {
+      error = Annotate(w.status(), absl::StrCat("parameter all-gather of bucket ", i));
     }
   }
-  res.bytes = CommVolume::Between(before, TotalCounters());
-  return res;
+  absl::Status waited = WaitAll(works);
+  if (!error.ok()) return error;
+  LATTICE_RETURN_IF_ERROR(waited);
+  for (size_t i = 0; i < layout_.buckets.size(); ++i) {
+    if (!layout_.needs_padding(i)) continue;
+    const GradBucket& b = layout_.buckets[i];
+    std::memcpy(values + b.begin, staging_.f32(), static_cast<size_t>(b.numel()) * sizeof(float));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::pair<double, int64_t>> ParallelEngine::Evaluate(
@@ -462,24 +633,65 @@ absl::StatusOr<std::pair<double, int64_t>> ParallelEngine::Evaluate(
 // ---- Parameters in and out ------------------------------------------------------------------
 
 absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> ParallelEngine::GatherParameters() {
+  return GatherFlat(model_->params().flat_values().f32(), /*dp_sharded=*/false);
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> ParallelEngine::GatherGradients() {
+  // ZeRO-1 reduce-scatters the gradients: only the owner of a bucket chunk holds its sum.
+  return GatherFlat(model_->params().flat_grads().f32(), /*dp_sharded=*/cfg_.parallel.zero1);
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> ParallelEngine::GatherFlat(
+    const float* flat, bool dp_sharded) {
   std::vector<std::pair<std::string, Tensor>> out;
   const ParameterSet& params = model_->params();
-  for (auto& [name, shape] : Decoder::ParameterShapes(cfg_.model)) {
-    Tensor full = Tensor::Zeros(shape, DType::kF32);
+  // The flat ranges this data-parallel rank contributes: everything on dp rank 0, or the
+  // chunks it owns.
+  std::vector<std::pair<int64_t, int64_t>> mine;
+  if (!dp_sharded) {
+    if (grid_.dp_rank() == 0) mine.emplace_back(0, params.numel());
+  } else {
+    for (size_t i = 0; i < layout_.buckets.size(); ++i) {
+      const OwnedRange o = layout_.Owned(i, grid_.dp_rank());
+      if (o.numel() > 0) mine.emplace_back(o.begin, o.end);
+    }
+  }
+  // Every tensor is assembled in one packed buffer (each element written by exactly one rank,
+  // zeros elsewhere) and summed over the world in one all-reduce.
+  const auto shapes = Decoder::ParameterShapes(cfg_.model);
+  int64_t total = 0;
+  for (const auto& [name, shape] : shapes) total += NumElements(shape);
+  Tensor packed = Tensor::Zeros({total}, DType::kF32);
+  int64_t at = 0;
+  for (const auto& [name, shape] : shapes) {
+    float* full = packed.f32() + at;
+    at += NumElements(shape);
     const Parameter* p = params.Find(name);
-    if (p != nullptr && grid_.dp_rank() == 0) {
+    if (p != nullptr) {
       const int64_t lc = p->local_cols(), gc = p->global_cols();
       for (const RowSegment& seg : p->sharding.segments) {
         if (!seg.owner) continue;
         for (int64_t r = 0; r < seg.count; ++r) {
-          std::memcpy(full.f32() + (seg.global_begin + r) * gc + p->sharding.col_begin,
-                      p->value.f32() + (seg.local_begin + r) * lc, lc * sizeof(float));
+          const int64_t local = p->offset + (seg.local_begin + r) * lc;
+          float* dst = full + (seg.global_begin + r) * gc + p->sharding.col_begin;
+          for (const auto& [mb, me] : mine) {
+            const int64_t lo = std::max(mb, local), hi = std::min(me, local + lc);
+            if (lo < hi) {
+              std::memcpy(dst + (lo - local), flat + lo, static_cast<size_t>(hi - lo) * sizeof(float));
+            }
+          }
         }
       }
     }
-    LATTICE_RETURN_IF_ERROR(
-        Annotate(world_.AllReduce(full, ReduceOp::kSum), absl::StrCat("gathering ", name)));
-    out.emplace_back(name, std::move(full));
+  }
+  LATTICE_RETURN_IF_ERROR(
+      Annotate(world_.AllReduce(packed, ReduceOp::kSum), "gathering the unsharded tensors"));
+  at = 0;
+  for (const auto& [name, shape] : shapes) {
+    Tensor t = Tensor::Zeros(shape, DType::kF32);
+    std::memcpy(t.raw(), packed.f32() + at, t.nbytes());
+    at += t.numel();
+    out.emplace_back(name, std::move(t));
   }
   return out;
 }

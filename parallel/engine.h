@@ -22,6 +22,22 @@
 //
 // Every step's loss is the mean over all counted targets of the global batch, and the
 // gradients are those of that mean: the layout changes only the order of floating-point sums.
+// With tp = pp = 1 this is plain data parallelism (or one process when dp = 1), and the
+// data-parallel reduction of each gradient bucket overlaps the last backward pass.
+//
+// The optimizer is model/optimizer.h's AdamW over this rank's segments: every parameter for
+// plain data parallelism, this data-parallel rank's shard with ZeRO-1 (whose updated
+// parameters are then all-gathered bucket by bucket, each all-gather launched as soon as its
+// bucket is updated).
+//
+// Per step, each rank sends (bus-bytes convention of communicator.h; ExpectedStepVolume below
+// computes it and the tests compare it with the measured counters):
+//   token count + validity     AllGather over dp      (dp-1) * 16
+//   loss sum + norm^2          AllGather over world   (world-1) * 16
+//   gradients, plain DP        AllReduce per bucket   floor(2 (dp-1) * 4 n_b / dp)
+//   gradients, ZeRO-1          ReduceScatter          (dp-1) * 4 c_b per bucket
+//   parameters, ZeRO-1         AllGather              (dp-1) * 4 c_b per bucket (not when skipped)
+//   + the tensor-parallel collectives of every layer and the pipeline transfers.
 #ifndef LATTICE_PARALLEL_ENGINE_H_
 #define LATTICE_PARALLEL_ENGINE_H_
 
@@ -38,11 +54,10 @@
 #include "model/tensor_parallel.h"
 #include "parallel/communicator.h"
 #include "parallel/data_parallel.h"
-#include "parallel/distributed_optimizer.h"
-#include "parallel/dp_step.h"
 #include "parallel/pipeline_schedule.h"
 #include "parallel/process_grid.h"
 #include "runtime/config.h"
+#include "runtime/data/dataset.h"
 
 namespace lattice {
 
@@ -63,6 +78,12 @@ class CommTensorParallelOps final : public TensorParallelOps {
   absl::Status status_;
 };
 
+// Checks micro-batches (at least one; shapes within (micro_batch_size, seq_len); tokens and
+// targets inside the vocabulary) and counts their targets. InvalidArgument names the
+// micro-batch, the data-parallel rank and the value.
+absl::Status ValidateTokenBatches(const std::vector<TokenBatch>& batches, const ModelConfig& mc,
+                                  int64_t micro_batch_size, int dp_rank, int64_t* tokens);
+
 struct EngineStepResult {
   double loss = 0;        // mean loss over the counted targets of the global batch
   double grad_norm = 0;   // global gradient norm before clipping
@@ -71,6 +92,7 @@ struct EngineStepResult {
   bool skipped = false;   // loss or norm not finite: no update anywhere
   CommVolume bytes;       // this rank's communication during the step (all its groups)
   int peak_in_flight = 0; // most micro-batch activation sets alive at once on this rank
+  int buckets = 0;        // data-parallel gradient buckets
   int overlapped_buckets = 0;  // dp buckets reduced while the backward pass was running
 };
 
@@ -79,12 +101,18 @@ struct EngineMemory {
   int64_t params = 0;            // this rank's shard of the fp32 parameters (= master weights)
   int64_t grads = 0;
   int64_t optimizer_state = 0;   // AdamW m, v (of the dp shard with ZeRO-1)
-  int64_t comm_buffers = 0;
+  int64_t comm_buffers = 0;      // the staging buffer of the padded bucket (ZeRO-1 only)
   int64_t activations_per_micro_batch = 0;  // all of this rank's chunks
   int64_t activations_peak = 0;  // at the peak of the last step's schedule
+  int64_t scratch = 0;           // the model's backward scratch
   int64_t total() const {
-    return params + grads + optimizer_state + comm_buffers + activations_peak;
+    return params + grads + optimizer_state + comm_buffers + activations_peak + scratch;
   }
+};
+
+struct EngineOptions {
+  // Data-parallel gradient bucket size (PyTorch DDP's 25 MiB default); tests use small ones.
+  int64_t bucket_bytes = kDefaultBucketBytes;
 };
 
 class ParallelEngine {
@@ -92,7 +120,8 @@ class ParallelEngine {
   // `cfg` must have passed Config::ValidateLayout(world.size()). Collective over `world`
   // (splits the grid's groups). Initialises the weights from train.seed.
   static absl::StatusOr<std::unique_ptr<ParallelEngine>> Create(const Config& cfg,
-                                                                Communicator& world);
+                                                                Communicator& world,
+                                                                const EngineOptions& options = {});
   ~ParallelEngine();
 
   const ProcessGrid& grid() const { return grid_; }
@@ -109,6 +138,11 @@ class ParallelEngine {
   // communication error leaves the ranks out of step (abort the world).
   absl::StatusOr<EngineStepResult> Step(const std::vector<TokenBatch>& micro_batches, float lr);
 
+  // Forward and backward of a Step without the update (and without counting an iteration):
+  // the gradients of the global batch, reduced as Step reduces them (GatherGradients reads
+  // them), the loss, the norm and the clip coefficient Step would apply. Collective.
+  absl::StatusOr<EngineStepResult> ComputeGradients(const std::vector<TokenBatch>& micro_batches);
+
   // Forward only over this data-parallel rank's micro-batches (any number, the same on every
   // rank): {loss sum, counted targets} summed over the data-parallel ranks, on every rank.
   absl::StatusOr<std::pair<double, int64_t>> Evaluate(const std::vector<TokenBatch>& micro_batches);
@@ -116,27 +150,56 @@ class ParallelEngine {
   // The unsharded parameters, in the whole model's declaration order, on every rank
   // (collective over the world).
   absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> GatherParameters();
+  // The unsharded gradients of the last Step (summed over the global batch, before clipping),
+  // in the same order, on every rank (collective over the world).
+  absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> GatherGradients();
   // Copies this rank's shards out of unsharded parameters: `get(name)` returns the tensor of
   // that name (or nullptr: an error naming it). Shapes must match the configuration.
   absl::Status LoadParameters(const std::function<const Tensor*(const std::string&)>& get);
 
-  int64_t step() const;
-  void set_step(int64_t s);
+  // Iterations taken (skipped ones included): what the learning-rate schedule counts.
+  int64_t iteration() const { return iteration_; }
+  void set_iteration(int64_t i) { iteration_ = i; }
+  // Updates the optimizer applied (skipped iterations excluded): Adam's bias correction.
+  const AdamW& optimizer() const { return *optimizer_; }
+  AdamW& optimizer() { return *optimizer_; }
+  const BucketLayout& bucket_layout() const { return layout_; }
   EngineMemory memory() const;
+  // What Create planned before allocating: equal to memory() for everything but the
+  // activations, where it is the schedule's bound (>= the measured peak).
+  const EngineMemory& planned_memory() const { return plan_; }
+  // The plan of one rank of the grid, computed without allocating anything.
+  static absl::StatusOr<EngineMemory> PlanMemory(const Config& cfg, const ProcessGrid& grid,
+                                                 const ModelShard& shard, int micro_batches,
+                                                 int64_t bucket_bytes);
+  // ResourceExhausted naming every part and the GiB available when the plan does not fit into
+  // this node's available memory shared by its ranks.
+  static absl::Status CheckFits(const EngineMemory& plan, int world_size);
   // The analytic communication volume of this rank for one Step over micro-batches of these
   // shapes (the formulas of the header comments of communicator.h and this file), to compare
   // with EngineStepResult::bytes.
   CommVolume ExpectedStepVolume(const std::vector<TokenBatch>& micro_batches, bool skipped) const;
 
  private:
-  ParallelEngine(const Config& cfg, Communicator& world, ProcessGrid grid);
+  ParallelEngine(const Config& cfg, Communicator& world, ProcessGrid grid,
+                 const EngineOptions& options);
   absl::Status CheckBatches(const std::vector<TokenBatch>& batches, int64_t* tokens) const;
+  // Validation, the schedule, the gradient syncs and reductions, the loss and norm sums.
+  absl::StatusOr<EngineStepResult> ForwardBackward(const std::vector<TokenBatch>& batches);
   // Runs the pipeline schedule (or a forward-only pass) over the micro-batches.
   absl::Status RunSchedule(const std::vector<TokenBatch>& batches, float dloss, bool train,
                            double* loss_sum);
   absl::Status SyncTensorParallelGrads();
   absl::Status SyncEmbeddingGrads();
   double OwnedSumOfSquares() const;
+  // AdamW on this rank's segments, then (ZeRO-1) the all-gather of every bucket.
+  absl::Status UpdateParameters(float lr, float clip);
+  // Unsharded tensors from a flat buffer laid out like the parameters. Each element comes from
+  // the rank that owns it: its tensor-parallel owner (model/parameters.h) on the data-parallel
+  // rank that holds its reduced value (`dp_sharded`: the ZeRO-1 owner of its bucket chunk;
+  // otherwise data-parallel rank 0).
+  absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> GatherFlat(const float* flat,
+                                                                         bool dp_sharded);
   CommCounters TotalCounters() const;
 
   Config cfg_;
@@ -150,11 +213,15 @@ class ParallelEngine {
   // tp == pp == 1: no gradient syncs precede the data-parallel reduction, so it is overlapped
   // with the last micro-batch's backward pass (bucket by bucket, as DataParallelEngine).
   bool overlap_dp_ = false;
+  EngineOptions options_;
   BucketLayout layout_;
   Tensor staging_;
   std::unique_ptr<GradReducer> reducer_;
-  std::unique_ptr<AdamW> adamw_;
-  std::unique_ptr<DistributedOptimizer> sharded_;
+  std::unique_ptr<AdamW> optimizer_;
+  // Per bucket, the optimizer segments [begin, end) inside this rank's chunk (ZeRO-1).
+  std::vector<std::pair<size_t, size_t>> bucket_segments_;
+  int64_t iteration_ = 0;
+  EngineMemory plan_;
   // Flat ranges [begin, end) counted in the gradient norm by this rank: owned (not a replica)
   // and in this data-parallel rank's part of the reduction.
   std::vector<std::pair<int64_t, int64_t>> norm_ranges_;

@@ -20,8 +20,10 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/match.h"
+#include "runtime/io/yaml_limits.h"
 #include "runtime/status.h"
 
 namespace lattice {
@@ -362,6 +364,8 @@ const std::vector<KeySpec>& Keys() {
                 "safetensors to start from"),
       StringKey("train.save_weights", LATTICE_CONFIG_FIELD(train.save_weights),
                 "safetensors written at the end"),
+      BoolKey("train.overwrite_init_weights", LATTICE_CONFIG_FIELD(train.overwrite_init_weights),
+              "let train.save_weights replace the train.init_weights file"),
       IntKey("train.threads", LATTICE_CONFIG_FIELD(train.threads), "CPU threads; 0 = all cores"),
 
       StringKey("data.tokenizer", LATTICE_CONFIG_FIELD(data.tokenizer),
@@ -542,6 +546,7 @@ absl::Status ApplyOverride(const std::string& override, Config& config) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown key '", key, "' in ", where, Suggestion(key)));
   }
+  LATTICE_RETURN_IF_ERROR(Annotate(CheckYamlLimits(text), absl::StrCat(key, " (", where, ")")));
   YAML::Node value;
   try {
     value = YAML::Load(text);
@@ -555,6 +560,8 @@ absl::Status ApplyOverride(const std::string& override, Config& config) {
 }
 
 absl::Status ApplyYaml(absl::string_view yaml_text, absl::string_view source, Config& config) {
+  // Bounded size and depth before yaml-cpp, whose recursion guard only says "bad file".
+  LATTICE_RETURN_IF_ERROR(Annotate(CheckYamlLimits(yaml_text), source));
   std::vector<YAML::Node> docs;
   try {
     docs = YAML::LoadAll(std::string(yaml_text));
@@ -593,6 +600,42 @@ class Errors {
   std::vector<std::string> errors_;
 };
 
+// Every size is in range, but their products need not be: the parameter count and the largest
+// activation tensor (in double, so the check itself cannot overflow) must stay addressable with
+// room to spare, so no int64 element count or byte count computed from them overflows. This
+// bound is far beyond any machine; whether a model fits THIS machine is the memory plan's
+// question (parallel/engine.cc, before anything is allocated), which answers in GiB.
+constexpr double kMaxElements = static_cast<double>(int64_t{1} << 50);
+
+void CheckModelSize(Errors& e, const ModelConfig& m, const TrainConfig& t) {
+  const double c = static_cast<double>(m.d_model), l = static_cast<double>(m.n_layer);
+  const double h = static_cast<double>(m.n_head), d = c / h;
+  const double kv = static_cast<double>(m.kv_heads());
+  const double f = static_cast<double>(m.d_ff > 0 ? m.d_ff : 4 * m.d_model);
+  const double v = static_cast<double>(m.vocab_size) + static_cast<double>(m.vocab_pad_multiple);
+  const double seq = static_cast<double>(m.seq_len), b = static_cast<double>(t.micro_batch_size);
+  // Per layer: qkv, projection, the (gated) MLP, norms and biases; then both vocabulary
+  // matrices and the position table (an upper bound for either architecture).
+  const double per_layer = (h + 2 * kv) * d * c + c * h * d + 3 * f * c + 8 * c + f;
+  const double params = l * per_layer + 2 * v * c + seq * c;
+  if (!(params <= kMaxElements)) {
+    e.Add(absl::StrFormat(
+        "the model would have %.3g parameters (model.n_layer=%d, model.d_model=%d, "
+        "model.d_ff=%d, model.vocab_size=%d), beyond the %.3g elements lattice addresses",
+        params, m.n_layer, m.d_model, static_cast<int64_t>(f), m.vocab_size, kMaxElements));
+  }
+  // The largest activations of one micro-batch: attention scores (b, h, T, T), logits (b*T, V),
+  // the MLP input (b*T, 2F); every layer keeps such a set.
+  const double act = l * (b * h * seq * seq + b * seq * (2 * f + 8 * c)) + b * seq * v;
+  if (!(act <= kMaxElements)) {
+    e.Add(absl::StrFormat(
+        "one micro-batch would need %.3g activation elements (train.micro_batch_size=%d, "
+        "model.seq_len=%d, model.n_layer=%d, model.n_head=%d), beyond the %.3g elements "
+        "lattice addresses",
+        act, t.micro_batch_size, m.seq_len, m.n_layer, m.n_head, kMaxElements));
+  }
+}
+
 void CheckRange(Errors& e, absl::string_view key, int64_t v, int64_t lo, int64_t hi) {
   if (v < lo) {
     e.Add(absl::StrCat(key, "=", v, " must be >= ", lo));
@@ -616,7 +659,9 @@ absl::Status Config::Validate() const {
   const ParallelConfig& p = parallel;
 
   // Ranges first: the relations below multiply these, which is only safe once they are sane.
-  CheckRange(e, "model.n_layer", m.n_layer, 1, kMaxSize);
+  // The deepest trained decoders have a few hundred layers; 2^20 keeps the per-layer
+  // bookkeeping (names, views, schedules) of any accepted config small.
+  CheckRange(e, "model.n_layer", m.n_layer, 1, int64_t{1} << 20);
   CheckRange(e, "model.d_model", m.d_model, 1, kMaxSize);
   CheckRange(e, "model.n_head", m.n_head, 1, kMaxSize);
   CheckRange(e, "model.n_kv_head", m.n_kv_head, 0, kMaxSize);
@@ -632,6 +677,7 @@ absl::Status Config::Validate() const {
   CheckRange(e, "train.log_interval", t.log_interval, 1, kMaxSize);
   CheckRange(e, "train.eval_interval", t.eval_interval, 0, kMaxSize);
   CheckRange(e, "train.eval_iters", t.eval_iters, t.eval_interval > 0 ? 1 : 0, kMaxSize);
+  if (e.empty()) CheckModelSize(e, m, t);
   CheckRange(e, "train.threads", t.threads, 0, kMaxParallel);
   CheckRange(e, "parallel.tp", p.tp, 1, kMaxParallel);
   CheckRange(e, "parallel.pp", p.pp, 1, kMaxParallel);
@@ -860,7 +906,11 @@ absl::StatusOr<Config> LoadConfig(const std::string& path,
     }
     char buf[1 << 16];
     size_t n;
-    while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+    // Stop reading just past the size CheckYamlLimits accepts: `--config /dev/zero` (or any
+    // endless file) is refused instead of filling memory.
+    while (text.size() <= kMaxYamlBytes && (n = std::fread(buf, 1, sizeof(buf), f)) > 0) {
+      text.append(buf, n);
+    }
     const bool failed = std::ferror(f) != 0;
     std::fclose(f);
     if (failed) return absl::DataLossError(absl::StrCat(path, ": read error"));

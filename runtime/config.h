@@ -65,6 +65,7 @@ struct TrainConfig {
   std::string metrics_file;         // train.metrics_file (JSONL, one object per step)
   std::string init_weights;         // train.init_weights (safetensors to start from)
   std::string save_weights;         // train.save_weights (safetensors written at the end)
+  bool overwrite_init_weights = false;  // train.overwrite_init_weights (save_weights may be init_weights)
   int threads = 0;                  // train.threads (0 = all cores)
 
   bool operator==(const TrainConfig&) const = default;

@@ -1,7 +1,9 @@
 #include "runtime/tensor.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 
 #include "absl/strings/str_cat.h"
@@ -14,6 +16,8 @@ std::string Device::ToString() const {
 }
 
 CpuStorage::CpuStorage(size_t bytes) : bytes_(bytes) {
+  // Rounding up to the alignment must not wrap around to a tiny block.
+  if (bytes > std::numeric_limits<size_t>::max() - 63) throw std::bad_alloc();
   const size_t rounded = ((bytes + 63) / 64) * 64;
   data_ = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
   if (data_ == nullptr) throw std::bad_alloc();
@@ -24,22 +28,76 @@ CpuStorage::~CpuStorage() { std::free(data_); }
 
 std::string ShapeToString(const Shape& s) { return absl::StrCat("[", absl::StrJoin(s, ", "), "]"); }
 
+absl::StatusOr<int64_t> CheckedNumElements(const Shape& s) {
+  // The product of the non-zero dims must fit, not only the full product: code that walks a
+  // tensor forms partial products (rows x the rest), and a zero dim must not make
+  // [2^32, 2^32, 0] look harmless (the reference safetensors reader refuses it too).
+  int64_t nonzero = 1;
+  bool has_zero = false;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("shape ", ShapeToString(s), ": dim ", i,
+                                                     " is negative"));
+    }
+    if (s[i] == 0) {
+      has_zero = true;
+    } else if (__builtin_mul_overflow(nonzero, s[i], &nonzero)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "shape ", ShapeToString(s), " has more elements than int64 holds (2^63 - 1)"));
+    }
+  }
+  return has_zero ? 0 : nonzero;
+}
+
+absl::StatusOr<int64_t> CheckedNumBytes(const Shape& s, DType dtype) {
+  LATTICE_ASSIGN_OR_RETURN(const int64_t n, CheckedNumElements(s));
+  int64_t bytes;
+  if (__builtin_mul_overflow(n, static_cast<int64_t>(DTypeSize(dtype)), &bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat("shape ", ShapeToString(s), " of ",
+                                                   DTypeName(dtype), " needs more bytes (", n,
+                                                   " x ", DTypeSize(dtype),
+                                                   ") than int64 holds (2^63 - 1)"));
+  }
+  return bytes;
+}
+
 int64_t NumElements(const Shape& s) {
-  int64_t n = 1;
-  for (int64_t d : s) n *= d;
-  return n;
+  // Called in loops (numel()), so the common path builds no status; the same rule as
+  // CheckedNumElements, whose message the CHECK reports.
+  int64_t nonzero = 1;
+  bool has_zero = false;
+  bool bad = false;
+  for (int64_t d : s) {
+    if (d == 0) {
+      has_zero = true;
+    } else {
+      bad = bad || d < 0 || __builtin_mul_overflow(nonzero, d, &nonzero);
+    }
+  }
+  if (bad) {
+    LATTICE_CHECK_MSG(false, absl::StrCat(CheckedNumElements(s).status().message(),
+                                          " (a size that should have been validated earlier)"));
+  }
+  return has_zero ? 0 : nonzero;
 }
 
 Tensor Tensor::Zeros(Shape shape, DType dtype, Device device) {
   LATTICE_CHECK_MSG(device.type == DeviceType::kCpu, "CUDA storage is created by the CUDA backend");
-  for (int64_t d : shape) LATTICE_CHECK(d >= 0);
-  auto storage = std::make_shared<CpuStorage>(NumElements(shape) * DTypeSize(dtype));
+  const absl::StatusOr<int64_t> bytes = CheckedNumBytes(shape, dtype);
+  LATTICE_CHECK_MSG(bytes.ok(), absl::StrCat("Tensor::Zeros: ", bytes.status().message()));
+  auto storage = std::make_shared<CpuStorage>(static_cast<size_t>(*bytes));
   return Tensor(std::move(storage), 0, std::move(shape), dtype);
 }
 
 Tensor::Tensor(std::shared_ptr<Storage> storage, size_t byte_offset, Shape shape, DType dtype)
     : storage_(std::move(storage)), byte_offset_(byte_offset), shape_(std::move(shape)), dtype_(dtype) {
-  LATTICE_CHECK(byte_offset_ + nbytes() <= storage_->bytes());
+  const absl::StatusOr<int64_t> bytes = CheckedNumBytes(shape_, dtype_);
+  LATTICE_CHECK_MSG(bytes.ok(), absl::StrCat("Tensor: ", bytes.status().message()));
+  LATTICE_CHECK_MSG(
+      byte_offset_ <= storage_->bytes() &&
+          static_cast<uint64_t>(*bytes) <= storage_->bytes() - byte_offset_,
+      absl::StrCat(ShapeToString(shape_), " of ", DTypeName(dtype_), " at byte ", byte_offset_,
+                   " does not fit the ", storage_->bytes(), "-byte storage"));
 }
 
 Tensor Tensor::Slice(int64_t begin, int64_t end) const {
@@ -86,6 +144,37 @@ double LoadAsDouble(const void* p, DType t, int64_t i) {
   }
   return 0;
 }
+// A value for a message: integers in full (StrCat would print 2.60578e+09) while doubles hold
+// them exactly (below 2^53), others as %g.
+std::string ValueText(double v) {
+  if (std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 9.0e15) {
+    return absl::StrCat(static_cast<int64_t>(v));
+  }
+  return absl::StrCat(v);
+}
+
+// The values an integer dtype holds, as doubles (exact: all are below 2^53). False for floats.
+bool IntegerRange(DType t, double* lo, double* hi) {
+  switch (t) {
+    case DType::kI32:
+      *lo = std::numeric_limits<int32_t>::min();
+      *hi = std::numeric_limits<int32_t>::max();
+      return true;
+    case DType::kU16:
+      *lo = 0;
+      *hi = std::numeric_limits<uint16_t>::max();
+      return true;
+    case DType::kU32:
+      *lo = 0;
+      *hi = std::numeric_limits<uint32_t>::max();
+      return true;
+    case DType::kF32:
+    case DType::kBF16:
+    case DType::kF16: return false;
+  }
+  return false;
+}
+
 void StoreDouble(void* p, DType t, int64_t i, double v) {
   switch (t) {
     case DType::kF32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
@@ -98,6 +187,35 @@ void StoreDouble(void* p, DType t, int64_t i, double v) {
 }
 }  // namespace
 
+int64_t FirstNonFinite(const Tensor& t) {
+  const int64_t n = t.numel();
+  switch (t.dtype()) {
+    case DType::kF32: {
+      // An all-ones exponent marks NaN and Inf in every IEEE format; testing the bits keeps
+      // this right even where a compiler flag lets std::isfinite assume finite math.
+      const uint32_t* p = t.data<uint32_t>();
+      for (int64_t i = 0; i < n; ++i) {
+        if ((p[i] & 0x7f800000u) == 0x7f800000u) return i;
+      }
+      return -1;
+    }
+    case DType::kBF16:
+    case DType::kF16: {
+      // The exponent is 8 bits in bf16 and 5 in f16.
+      const uint16_t exponent = t.dtype() == DType::kBF16 ? 0x7f80 : 0x7c00;
+      const uint16_t* p = t.data<uint16_t>();
+      for (int64_t i = 0; i < n; ++i) {
+        if ((p[i] & exponent) == exponent) return i;
+      }
+      return -1;
+    }
+    case DType::kI32:
+    case DType::kU16:
+    case DType::kU32: return -1;
+  }
+  return -1;
+}
+
 absl::Status ConvertInto(const Tensor& src, const Tensor& dst) {
   if (src.numel() != dst.numel()) {
     return absl::InvalidArgumentError(absl::StrCat("cannot convert ", src.DebugString(), " into ",
@@ -107,8 +225,18 @@ absl::Status ConvertInto(const Tensor& src, const Tensor& dst) {
     std::memcpy(dst.raw(), src.raw(), src.nbytes());
     return absl::OkStatus();
   }
+  // An integer destination holds only the values of its range (a cast of any other value,
+  // NaN included, is undefined behaviour): u32 3e9 does not become some int32.
+  double lo = 0, hi = 0;
+  const bool integer_dst = IntegerRange(dst.dtype(), &lo, &hi);
   for (int64_t i = 0, n = src.numel(); i < n; ++i) {
-    StoreDouble(dst.raw(), dst.dtype(), i, LoadAsDouble(src.raw(), src.dtype(), i));
+    const double v = LoadAsDouble(src.raw(), src.dtype(), i);
+    if (integer_dst && !(v >= lo && v <= hi)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cannot convert ", src.DebugString(), " into ", dst.DebugString(), ": element ", i,
+          " = ", ValueText(v), " is outside the range of ", DTypeName(dst.dtype())));
+    }
+    StoreDouble(dst.raw(), dst.dtype(), i, v);
   }
   return absl::OkStatus();
 }

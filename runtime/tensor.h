@@ -29,6 +29,8 @@ struct Device {
 };
 
 // Owns (or borrows) a block of device memory.
+class Tensor;
+
 class Storage {
  public:
   virtual ~Storage() = default;
@@ -55,13 +57,29 @@ class CpuStorage final : public Storage {
 
 using Shape = std::vector<int64_t>;
 std::string ShapeToString(const Shape& s);
+
+// The number of elements of a shape, for shapes that come from outside lattice (files,
+// configs): InvalidArgument naming the shape when a dim is negative or the product of its
+// non-zero dims does not fit int64 (so every partial product fits too, in any order).
+absl::StatusOr<int64_t> CheckedNumElements(const Shape& s);
+// Bytes a contiguous tensor of this shape and dtype needs; InvalidArgument when that does not
+// fit int64 (sizes are carried as int64 and size_t, so the smaller range is the limit).
+absl::StatusOr<int64_t> CheckedNumBytes(const Shape& s, DType dtype);
+// The same for shapes lattice built itself: a negative dim or an overflowing product is a bug
+// (or a size that should have been validated earlier), so it fails a CHECK naming the shape.
 int64_t NumElements(const Shape& s);
+
+// Index of the first NaN or +-Inf element of a float tensor (f32, bf16, f16) in row-major
+// order, or -1 when all are finite. Integer tensors are always finite (-1).
+int64_t FirstNonFinite(const Tensor& t);
 
 class Tensor {
  public:
   Tensor() = default;
 
-  // Allocates a zero-filled tensor.
+  // Allocates a zero-filled tensor. The shape's byte count must fit (CheckedNumBytes) or this
+  // fails a CHECK: callers with sizes from outside check them first. An allocation the host
+  // cannot satisfy throws std::bad_alloc.
   static Tensor Zeros(Shape shape, DType dtype, Device device = Device::Cpu());
   // Wraps existing storage at a byte offset.
   Tensor(std::shared_ptr<Storage> storage, size_t byte_offset, Shape shape, DType dtype);
@@ -108,7 +126,9 @@ class Tensor {
   DType dtype_ = DType::kF32;
 };
 
-// Copies src into dst converting element types (f32/bf16/f16 and the integer types).
+// Copies src into dst converting element types (f32/bf16/f16 and the integer types; floats
+// into integers truncate). InvalidArgument naming the element when a value does not fit an
+// integer dst (NaN, or outside its range); dst is then partly written.
 absl::Status ConvertInto(const Tensor& src, const Tensor& dst);
 
 }  // namespace lattice

@@ -10,9 +10,10 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # Debian 12 packages. Why each is here is in README.md ("Dependencies").
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
-  libabsl-dev libyaml-cpp-dev nlohmann-json3-dev libopenblas-dev
-  libboost-iostreams-dev libboost-program-options-dev libicu-dev
+  libabsl-dev libyaml-cpp-dev nlohmann-json3-dev libopenblas-openmp-dev
+  libboost-iostreams-dev libboost-program-options-dev
   libgtest-dev libgmock-dev
+  clang-14 libclang-rt-14-dev libomp-14-dev
   openmpi-bin libopenmpi-dev
   bible-kjv
   python3 python3-venv python3-pip python3-numpy python3-yaml python3-torch

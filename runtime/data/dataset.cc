@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <limits>
 #include <tuple>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/config.h"
+#include "runtime/io/json_limits.h"
 #include "runtime/rng.h"
 #include "runtime/status.h"
 
@@ -63,10 +65,17 @@ std::string DataLoaderState::ToJson() const {
 }
 
 absl::StatusOr<DataLoaderState> DataLoaderState::FromJson(absl::string_view json) {
-  nlohmann::json j = nlohmann::json::parse(json.begin(), json.end(), nullptr,
-                                           /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return absl::InvalidArgumentError("data loader state: not a JSON object");
+  // The state comes back from a checkpoint on disk, so it is parsed as untrusted input: bounded
+  // depth, no duplicate keys, no NUL (runtime/io/json_limits.h).
+  absl::StatusOr<nlohmann::json> parsed = ParseJson(json);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("data loader state: ", parsed.status().message()));
+  }
+  const nlohmann::json& j = *parsed;
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat("data loader state: not a JSON object but ",
+                                                   JsonSnippet(j, 60)));
   }
   auto need = [&j](const char* key) -> absl::Status {
     if (!j.contains(key)) {
@@ -77,37 +86,60 @@ absl::StatusOr<DataLoaderState> DataLoaderState::FromJson(absl::string_view json
   LATTICE_RETURN_IF_ERROR(need("version"));
   if (!j["version"].is_number_integer() || j["version"].get<int64_t>() != kVersion) {
     return absl::InvalidArgumentError(absl::StrCat("data loader state: version ",
-                                                   j["version"].dump(), " (this build reads ",
+                                                   JsonSnippet(j["version"]), " (this build reads ",
                                                    kVersion, ")"));
   }
-  DataLoaderState s;
-  for (const char* key : {"consumed_samples", "seed", "seq_len"}) {
-    LATTICE_RETURN_IF_ERROR(need(key));
-    if (!j[key].is_number_integer()) {
-      return absl::InvalidArgumentError(absl::StrCat("data loader state: \"", key,
-                                                     "\" must be an integer, got ", j[key].dump()));
+  // An integer field in [min, 2^63): larger unsigned values would wrap when read as int64.
+  auto integer = [](const nlohmann::json& obj, const char* key, int64_t min,
+                    absl::string_view where) -> absl::StatusOr<int64_t> {
+    auto it = obj.find(key);
+    if (it == obj.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("data loader state: ", where, "missing \"", key, "\""));
     }
+    const bool fits = it->is_number_unsigned()
+                          ? it->get<uint64_t>() <=
+                                static_cast<uint64_t>(std::numeric_limits<int64_t>::max())
+                          : it->is_number_integer();
+    if (!fits || it->get<int64_t>() < min) {
+      return absl::InvalidArgumentError(absl::StrCat("data loader state: ", where, "\"", key,
+                                                     "\" must be an integer >= ", min, ", got ",
+                                                     JsonSnippet(*it)));
+    }
+    return it->get<int64_t>();
+  };
+  DataLoaderState s;
+  LATTICE_ASSIGN_OR_RETURN(s.consumed_samples, integer(j, "consumed_samples", 0, ""));
+  LATTICE_ASSIGN_OR_RETURN(s.seq_len, integer(j, "seq_len", 1, ""));
+  // The seed is a uint64 (train.seed): any non-negative integer JSON holds.
+  LATTICE_RETURN_IF_ERROR(need("seed"));
+  const nlohmann::json& seed = j["seed"];
+  if (!seed.is_number_unsigned() && !(seed.is_number_integer() && seed.get<int64_t>() >= 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "data loader state: \"seed\" must be a non-negative integer, got ", JsonSnippet(seed)));
   }
-  s.consumed_samples = j["consumed_samples"].get<int64_t>();
-  s.seed = j["seed"].get<uint64_t>();
-  s.seq_len = j["seq_len"].get<int64_t>();
-  if (s.consumed_samples < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("data loader state: consumed_samples ",
-                                                   s.consumed_samples, " is negative"));
-  }
+  s.seed = seed.get<uint64_t>();
   LATTICE_RETURN_IF_ERROR(need("sources"));
   if (!j["sources"].is_array()) {
     return absl::InvalidArgumentError("data loader state: \"sources\" must be an array");
   }
-  for (const auto& e : j["sources"]) {
+  for (size_t i = 0; i < j["sources"].size(); ++i) {
+    const nlohmann::json& e = j["sources"][i];
+    const std::string where = absl::StrCat("sources[", i, "]: ");
     if (!e.is_object() || !e.contains("path") || !e["path"].is_string() ||
-        !e.contains("num_tokens") || !e["num_tokens"].is_number_integer() ||
         !e.contains("weight") || !e["weight"].is_number()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "data loader state: each source needs path, num_tokens, weight; got ", e.dump()));
+          "data loader state: ", where, "each source needs path, num_tokens, weight; got ",
+          JsonSnippet(e)));
     }
-    s.sources.push_back({e["path"].get<std::string>(), e["num_tokens"].get<int64_t>(),
-                         e["weight"].get<double>()});
+    LATTICE_ASSIGN_OR_RETURN(const int64_t num_tokens, integer(e, "num_tokens", 0, where));
+    const double weight = e["weight"].get<double>();
+    if (!(weight > 0.0) || !std::isfinite(weight)) {
+      return absl::InvalidArgumentError(absl::StrCat("data loader state: ", where, "weight ",
+                                                     JsonSnippet(e["weight"]),
+                                                     " must be finite and > 0"));
+    }
+    s.sources.push_back({e["path"].get<std::string>(), num_tokens, weight});
   }
   return s;
 }
@@ -246,12 +278,12 @@ absl::Status TrainingSamples::GetBatch(int64_t first_global_index, int64_t batch
   return absl::OkStatus();
 }
 
-absl::StatusOr<Batch> TrainingSamples::GetBatch(int64_t first_global_index,
-                                                int64_t batch) const {
+absl::StatusOr<TokenBatch> TrainingSamples::GetBatch(int64_t first_global_index,
+                                                     int64_t batch) const {
   if (batch < 1) return absl::InvalidArgumentError(absl::StrCat("batch size ", batch, " < 1"));
-  Batch b;
-  b.batch = batch;
-  b.seq_len = options_.seq_len;
+  TokenBatch b;
+  b.b = batch;
+  b.t = options_.seq_len;
   b.inputs.resize(static_cast<size_t>(batch * options_.seq_len));
   b.targets.resize(b.inputs.size());
   LATTICE_RETURN_IF_ERROR(GetBatch(first_global_index, batch, b.inputs.data(), b.targets.data()));
@@ -319,6 +351,14 @@ absl::Status SampleStream::Next(int32_t* inputs, int32_t* targets) {
       samples_->GetBatch(next_global_index(), micro_batch_, inputs, targets));
   consumed_ += micro_batch_ * dp_size_;
   return absl::OkStatus();
+}
+
+absl::Status SampleStream::Next(TokenBatch& out) {
+  out.b = micro_batch_;
+  out.t = samples_->seq_len();
+  out.inputs.resize(static_cast<size_t>(out.b * out.t));
+  out.targets.resize(out.inputs.size());
+  return Next(out.inputs.data(), out.targets.data());
 }
 
 absl::Status SampleStream::Restore(const DataLoaderState& state) {

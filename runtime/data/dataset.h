@@ -81,12 +81,13 @@ struct DataLoaderState {
   static absl::StatusOr<DataLoaderState> FromJson(absl::string_view json);
 };
 
-// One micro-batch of token ids.
-struct Batch {
-  int64_t batch = 0;             // B
-  int64_t seq_len = 0;           // T
-  std::vector<int32_t> inputs;   // (B, T)
-  std::vector<int32_t> targets;  // (B, T): inputs shifted by one
+// One micro-batch of token ids, as the engine and the model consume it: inputs (b, t) and
+// targets (b, t) (the inputs shifted by one; a target < 0 is not counted in the loss).
+struct TokenBatch {
+  int64_t b = 0;
+  int64_t t = 0;
+  std::vector<int32_t> inputs;   // (b, t)
+  std::vector<int32_t> targets;  // (b, t)
 };
 
 // Random access to the sample sequence of one or more weighted sources. Thread-safe.
@@ -104,8 +105,8 @@ class TrainingSamples {
   // are the inputs shifted by one.
   absl::Status GetBatch(int64_t first_global_index, int64_t batch, int32_t* inputs,
                         int32_t* targets) const;
-  // The same into a Batch of `batch` rows.
-  absl::StatusOr<Batch> GetBatch(int64_t first_global_index, int64_t batch) const;
+  // The same into a TokenBatch of `batch` rows.
+  absl::StatusOr<TokenBatch> GetBatch(int64_t first_global_index, int64_t batch) const;
 
   struct Location {
     int source = 0;           // index into the sources
@@ -159,6 +160,8 @@ class SampleStream {
                int64_t micro_batch);
   // This rank's next micro-batch: inputs (m, T), targets (m, T); then advances the position.
   absl::Status Next(int32_t* inputs, int32_t* targets);
+  // The same into `out` (resized to (m, T)).
+  absl::Status Next(TokenBatch& out);
   // Global index of this rank's next first sample.
   int64_t next_global_index() const { return consumed_ + dp_rank_ * micro_batch_; }
   int64_t consumed_samples() const { return consumed_; }

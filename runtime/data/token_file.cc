@@ -122,6 +122,9 @@ class MappedTokenSource : public TokenSource {
   TokenFileFormat format() const override { return format_; }
   TokenDType dtype() const override { return dtype_; }
   int64_t num_tokens() const override { return num_tokens_; }
+  const std::string& detection() const override { return detection_; }
+  // Set once by the opener, before the source is shared.
+  void set_detection(std::string d) { detection_ = std::move(d); }
 
   absl::Status Read(int64_t begin, int64_t n, int32_t* out) const override {
     if (begin < 0 || n < 0 || begin > num_tokens_ || n > num_tokens_ - begin) {
@@ -169,6 +172,7 @@ class MappedTokenSource : public TokenSource {
   std::shared_ptr<MappedFile> file_;  // keeps tokens_ mapped
   const uint8_t* tokens_;
   int64_t num_tokens_;
+  std::string detection_ = "format given by the caller";
   mutable std::once_flag starts_once_;
   mutable absl::StatusOr<std::vector<int64_t>> starts_;
 };
@@ -267,6 +271,7 @@ class DocumentRangeSource : public TokenSource {
   TokenFileFormat format() const override { return base_->format(); }
   TokenDType dtype() const override { return base_->dtype(); }
   int64_t num_tokens() const override { return starts_.back(); }
+  const std::string& detection() const override { return base_->detection(); }
   absl::Status Read(int64_t begin, int64_t n, int32_t* out) const override {
     if (begin < 0 || n < 0 || begin > num_tokens() || n > num_tokens() - begin) {
       return absl::OutOfRangeError(absl::StrCat(path_, ": read of ", n, " tokens at position ",
@@ -289,6 +294,55 @@ class DocumentRangeSource : public TokenSource {
 
 absl::Status IdxError(const std::string& idx_path, absl::string_view what) {
   return absl::DataLossError(absl::StrCat(idx_path, ": corrupt Megatron index: ", what));
+}
+
+// Records how OpenTokenSource chose the format (every opener returns a MappedTokenSource).
+absl::StatusOr<std::unique_ptr<TokenSource>> Detected(
+    absl::StatusOr<std::unique_ptr<TokenSource>> opened, std::string why) {
+  if (opened.ok()) static_cast<MappedTokenSource&>(**opened).set_detection(std::move(why));
+  return opened;
+}
+
+// Extensions of files users mistake for token data; reading one as raw uint16 would train on
+// garbage without a word.
+absl::string_view NotTokenDataExtension(absl::string_view path) {
+  for (absl::string_view ext : {".json", ".jsonl", ".parquet", ".safetensors", ".npy", ".npz",
+                                ".yaml", ".yml", ".gz", ".zst", ".xz", ".bz2", ".zip", ".tar"}) {
+    if (absl::EndsWith(path, ext)) return ext;
+  }
+  return "";
+}
+
+// What makes the first 1024 bytes of a file (size `size`, >= 1024) look like an llm.c header
+// whose magic is damaged, or "" when nothing does. Signs, any of which suffices:
+//  - the magic is at most 3 bits from a real one (bit rot, a flipped byte);
+//  - it is a 2024 date like the real magics (20240000..20249999: a mistyped digit);
+//  - version 1 or 7 with a token count whose file size (1024 + count * 2 or 4) is this one.
+// Raw nanoGPT tokens rarely trip these: the first two GPT-2 ids (< 50257) read as an int32 are
+// never in the date range (that needs a first id >= 54912), and the last needs tokens 2..5 to
+// spell out the file's own size.
+std::string DamagedLlmcHeader(const uint8_t* p, size_t size) {
+  const int32_t magic = Load<int32_t>(p);
+  const int32_t version = Load<int32_t>(p + 4);
+  const int32_t ntok = Load<int32_t>(p + 8);
+  for (int32_t real : {kLlmcMagicGpt2, kLlmcMagicLlama3}) {
+    const int bits = std::popcount(static_cast<uint32_t>(magic ^ real));
+    if (bits <= 3) {
+      return absl::StrCat("magic ", magic, " is ", bits, " bit", bits == 1 ? "" : "s", " off ",
+                          real);
+    }
+  }
+  if (magic >= 20240000 && magic <= 20249999) {
+    return absl::StrCat("magic ", magic, " is a 2024 date like the llm.c magics");
+  }
+  if ((version == 1 || version == 7) && ntok >= 0) {
+    const uint64_t item = version == 1 ? 2 : 4;
+    if (static_cast<uint64_t>(kLlmcHeaderBytes) + static_cast<uint64_t>(ntok) * item == size) {
+      return absl::StrCat("magic ", magic, ", but version ", version, " and ", ntok,
+                          " tokens of ", item, " bytes match the file size");
+    }
+  }
+  return "";
 }
 
 }  // namespace
@@ -352,6 +406,11 @@ absl::string_view TokenFileFormatName(TokenFileFormat f) {
     case TokenFileFormat::kText: return "text";
   }
   return "?";
+}
+
+std::string TokenSource::Describe() const {
+  return absl::StrCat(path(), ": ", TokenFileFormatName(format()), ", ", TokenDTypeName(dtype()),
+                      ", ", num_tokens(), " tokens (", detection(), ")");
 }
 
 absl::Status TokenSource::Validate(int64_t vocab_size) const {
@@ -426,8 +485,36 @@ absl::StatusOr<std::unique_ptr<TokenSource>> OpenMegatronDataset(const std::stri
   const int64_t item = static_cast<int64_t>(TokenDTypeSize(dtype));
   const int64_t bin_size = static_cast<int64_t>(bin->size());
 
-  // Sequences must lie inside the .bin, one after the other, as Megatron's builder writes them;
-  // then the token stream is one contiguous range and sequence offsets need no table in RAM.
+  // The .bin holds exactly the tokens the lengths add up to. A .bin whose size fits the same
+  // count at another item size means the dtype code is wrong (or the .bin belongs to another
+  // index); say so before the per-sequence checks report a symptom of it. The sum stops once
+  // it passes bin_size (then no item size fits), so with lengths < 2^31 it cannot overflow.
+  // A negative length is reported by the loop below, not diagnosed as a dtype mismatch.
+  int64_t total_tokens = 0;
+  bool lengths_valid = true;
+  for (int64_t i = 0; i < seq_count && total_tokens <= bin_size; ++i) {
+    const int32_t len = Load<int32_t>(sizes + 4 * i);
+    lengths_valid = lengths_valid && len >= 0;
+    total_tokens += std::max<int32_t>(0, len);
+  }
+  const bool item_fits = bin_size % item == 0 && bin_size / item == total_tokens;
+  if (lengths_valid && total_tokens > 0 && total_tokens <= bin_size && !item_fits &&
+      bin_size % total_tokens == 0) {
+    const int64_t fits = bin_size / total_tokens;
+    if (fits == 1 || fits == 2 || fits == 4 || fits == 8) {
+      return IdxError(idx_path,
+                      absl::StrCat("dtype code ", static_cast<int>(p[17]), " (",
+                                   TokenDTypeName(dtype), ", ", item, " bytes) disagrees with ",
+                                   bin_path, ": its ", bin_size, " bytes hold the ", total_tokens,
+                                   " tokens of the index only at ", fits,
+                                   " bytes per token (a wrong dtype code, or the .bin of another "
+                                   "dataset)"));
+    }
+  }
+
+  // Sequences must lie inside the .bin, one after the other from byte 0, as Megatron's builder
+  // writes them; then the token stream is one contiguous range and sequence offsets need no
+  // table in RAM.
   int64_t base = 0;
   int64_t end = 0;
   for (int64_t i = 0; i < seq_count; ++i) {
@@ -456,6 +543,18 @@ absl::StatusOr<std::unique_ptr<TokenSource>> OpenMegatronDataset(const std::stri
                                              ", past the end of ", bin_path, " (", bin_size,
                                              " bytes)"));
     }
+  }
+  if (base != 0) {
+    return IdxError(idx_path, absl::StrCat("sequence 0 starts at byte ", base, " of ", bin_path,
+                                           "; Megatron writes it at byte 0, and no sequence "
+                                           "covers the bytes before it"));
+  }
+  if (end != bin_size) {
+    return absl::DataLossError(absl::StrCat(
+        bin_path, ": ", bin_size, " bytes, but its index ", idx_path, " describes ", end,
+        " (", end / item, " tokens of ", TokenDTypeName(dtype), "): ", bin_size - end,
+        " bytes at the end belong to no sequence (a .bin appended to, or an .idx of another "
+        "dataset)"));
   }
   if (doc_count < 1) {
     return IdxError(idx_path, "document_indices is empty (it starts with 0)");
@@ -573,8 +672,14 @@ absl::StatusOr<std::unique_ptr<TokenSource>> OpenTokenSource(const std::string& 
     case TokenFileFormat::kText: return OpenTextBytes(path);
     case TokenFileFormat::kAuto: break;
   }
-  if (FileExists(path_or_prefix + ".idx")) return OpenMegatronDataset(path_or_prefix);
-  if (prefix != path_or_prefix && FileExists(prefix + ".idx")) return OpenMegatronDataset(prefix);
+  if (FileExists(path_or_prefix + ".idx")) {
+    return Detected(OpenMegatronDataset(path_or_prefix),
+                    absl::StrCat("auto-detected: Megatron index ", path_or_prefix, ".idx"));
+  }
+  if (prefix != path_or_prefix && FileExists(prefix + ".idx")) {
+    return Detected(OpenMegatronDataset(prefix),
+                    absl::StrCat("auto-detected: Megatron index ", prefix, ".idx"));
+  }
   if (!FileExists(path)) {
     struct stat st;
     if (::stat(path.c_str(), &st) == 0) {
@@ -583,17 +688,35 @@ absl::StatusOr<std::unique_ptr<TokenSource>> OpenTokenSource(const std::string& 
     return absl::NotFoundError(absl::StrCat("no token data at ", path, " (looked for the file ",
                                             path, " and the Megatron index ", path, ".idx)"));
   }
-  if (absl::EndsWith(path, ".txt")) return OpenTextBytes(path);
+  if (absl::EndsWith(path, ".txt")) {
+    return Detected(OpenTextBytes(path), "auto-detected: .txt, read as byte tokens");
+  }
+  if (absl::string_view ext = NotTokenDataExtension(path); !ext.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": a ", ext, " file is not token data (lattice reads Megatron .bin/.idx, llm.c "
+        "shards, nanoGPT raw uint16 and .txt); tokenize text with `lattice prepare`"));
+  }
   {
     LATTICE_ASSIGN_OR_RETURN(auto file, MappedFile::Open(path));
     if (file->size() >= static_cast<size_t>(kLlmcHeaderBytes)) {
       const int32_t magic = Load<int32_t>(file->data());
       if (magic == kLlmcMagicGpt2 || magic == kLlmcMagicLlama3) {
-        return OpenLlmcShard(path, options.eot);
+        return Detected(OpenLlmcShard(path, options.eot),
+                        absl::StrCat("auto-detected: llm.c magic ", magic, ", version ",
+                                     Load<int32_t>(file->data() + 4)));
+      }
+      const std::string damaged = DamagedLlmcHeader(file->data(), file->size());
+      if (!damaged.empty()) {
+        return absl::DataLossError(absl::StrCat(
+            path, ": not read as raw nanoGPT tokens: its header looks like a damaged llm.c "
+            "header (", damaged, "; a valid one starts with magic ", kLlmcMagicGpt2,
+            " (uint16, version 1) or ", kLlmcMagicLlama3, " (uint32, version 7))"));
       }
     }
   }
-  return OpenNanoGptBin(path, options.eot);
+  return Detected(OpenNanoGptBin(path, options.eot),
+                  "auto-detected: nanoGPT raw uint16 (no .idx beside it, no llm.c header, not "
+                  ".txt)");
 }
 
 absl::StatusOr<std::unique_ptr<TokenSource>> DocumentRange(std::shared_ptr<const TokenSource> base,
@@ -658,29 +781,20 @@ absl::StatusOr<std::unique_ptr<MegatronDatasetWriter>> MegatronDatasetWriter::Cr
   w->prefix_ = prefix;
   w->dtype_ = dtype;
   w->vocab_size_ = options.vocab_size;
-  w->tmp_bin_path_ = absl::StrCat(prefix, ".bin.tmp.", ::getpid());
-  w->bin_ = std::fopen(w->tmp_bin_path_.c_str(), "wb");
-  if (w->bin_ == nullptr) {
-    return absl::PermissionDeniedError(absl::StrCat(w->tmp_bin_path_, ": cannot create: ",
-                                                    std::strerror(errno)));
-  }
+  // Both outputs are checked before any token is written, so a refused .idx (a directory, a
+  // planted link, a read-only folder) fails now rather than after the whole corpus.
+  LATTICE_RETURN_IF_ERROR(CheckOutputWritable(prefix + ".idx"));
+  LATTICE_ASSIGN_OR_RETURN(w->bin_, OutputFile::Create(prefix + ".bin"));
   w->buffer_.reserve(kWriteBufferBytes + 1024);
   return w;
 }
 
-MegatronDatasetWriter::~MegatronDatasetWriter() {
-  if (bin_ != nullptr) {
-    std::fclose(bin_);
-    ::unlink(tmp_bin_path_.c_str());
-  }
-}
+// An OutputFile dropped before Commit() removes its temporary file.
+MegatronDatasetWriter::~MegatronDatasetWriter() = default;
 
 absl::Status MegatronDatasetWriter::FlushBuffer() {
   if (buffer_.empty()) return absl::OkStatus();
-  if (std::fwrite(buffer_.data(), 1, buffer_.size(), bin_) != buffer_.size()) {
-    return absl::ResourceExhaustedError(absl::StrCat(tmp_bin_path_, ": write failed: ",
-                                                     std::strerror(errno)));
-  }
+  LATTICE_RETURN_IF_ERROR(bin_->Write(buffer_.data(), buffer_.size()));
   buffer_.clear();
   return absl::OkStatus();
 }
@@ -726,28 +840,17 @@ absl::Status MegatronDatasetWriter::Finalize() {
   }
   finalized_ = true;
   LATTICE_RETURN_IF_ERROR(FlushBuffer());
-  std::FILE* f = bin_;
-  bin_ = nullptr;
-  const bool write_ok = std::fflush(f) == 0 && ::fsync(::fileno(f)) == 0;
-  const int write_errno = errno;
-  if (std::fclose(f) != 0 || !write_ok) {
-    ::unlink(tmp_bin_path_.c_str());
-    return absl::DataLossError(absl::StrCat(tmp_bin_path_, ": flush/close failed: ",
-                                            std::strerror(write_ok ? errno : write_errno)));
-  }
-  // A stale .idx from an earlier run must never describe the new .bin, even for a moment.
+  std::unique_ptr<OutputFile> bin = std::move(bin_);
+  // A stale .idx from an earlier run must never describe the new .bin, even for a moment. Only
+  // a regular file is removed (a device or FIFO is written in place below, never deleted).
   const std::string idx_path = prefix_ + ".idx";
-  const std::string bin_path = prefix_ + ".bin";
-  if (::unlink(idx_path.c_str()) != 0 && errno != ENOENT) {
-    ::unlink(tmp_bin_path_.c_str());
+  struct stat idx_st;
+  if (::lstat(idx_path.c_str(), &idx_st) == 0 && S_ISREG(idx_st.st_mode) &&
+      ::unlink(idx_path.c_str()) != 0 && errno != ENOENT) {
     return absl::PermissionDeniedError(absl::StrCat(idx_path, ": cannot replace: ",
                                                     std::strerror(errno)));
   }
-  if (::rename(tmp_bin_path_.c_str(), bin_path.c_str()) != 0) {
-    const std::string err = std::strerror(errno);
-    ::unlink(tmp_bin_path_.c_str());
-    return absl::PermissionDeniedError(absl::StrCat(bin_path, ": rename failed: ", err));
-  }
+  LATTICE_RETURN_IF_ERROR(bin->Commit());
 
   const int64_t n = static_cast<int64_t>(sizes_.size());
   std::vector<uint8_t> idx;
@@ -765,7 +868,8 @@ absl::Status MegatronDatasetWriter::Finalize() {
     pointer += static_cast<int64_t>(s) * item;
   }
   for (int64_t d = 0; d <= n; ++d) Append<int64_t>(idx, d);  // document_indices
-  return WriteFileAtomically(idx_path, idx.data(), idx.size());
+  return WriteOutputFile(idx_path,
+                         absl::string_view(reinterpret_cast<const char*>(idx.data()), idx.size()));
 }
 
 }  // namespace lattice

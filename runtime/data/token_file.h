@@ -30,6 +30,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "runtime/io/output_file.h"
 
 namespace lattice {
 
@@ -83,6 +84,13 @@ class TokenSource {
   // Scans every token: DataLoss naming the file, the token position and the id for the first
   // id < 0 or >= vocab_size. Deterministic (the first bad position in file order).
   absl::Status Validate(int64_t vocab_size) const;
+
+  // Why the file was read in this format, e.g. "auto-detected: llm.c magic 20240520, version 1"
+  // or "format given by the caller".
+  virtual const std::string& detection() const = 0;
+  // One line for the log of a command that opens data:
+  // "<path>: llm.c, uint16, 12345 tokens (auto-detected: llm.c magic 20240520, version 1)".
+  std::string Describe() const;
 };
 
 struct TokenSourceOptions {
@@ -91,12 +99,19 @@ struct TokenSourceOptions {
   int32_t eot = 50256;
 };
 
-// Opens `path_or_prefix`, detecting the format unless options.format says it:
+// Opens `path_or_prefix`, detecting the format unless options.format says it, in this order:
 //   PREFIX.idx exists (path given as PREFIX, PREFIX.idx or PREFIX.bin) -> Megatron;
-//   a file of >= 1024 bytes starting with an llm.c magic             -> llm.c;
 //   a file ending in .txt                                            -> text bytes;
+//   a name ending in .json, .jsonl, .parquet, .safetensors, .npy, .yaml or an archive
+//     extension                                                      -> InvalidArgument (not
+//                                                                       token data);
+//   a file of >= 1024 bytes starting with an llm.c magic             -> llm.c;
+//   a file of >= 1024 bytes whose header looks like llm.c's but is damaged (a magic a few
+//     bits or digits off, or version 1/7 with a token count that matches the file size)
+//                                                                    -> DataLoss, never raw;
 //   any other file of even size                                      -> nanoGPT raw uint16.
-// NotFound when nothing matches; DataLoss / InvalidArgument for a malformed file, naming it.
+// The choice is in detection() / Describe(). NotFound when nothing matches; DataLoss /
+// InvalidArgument for a malformed file, naming it and the format it was read as.
 absl::StatusOr<std::unique_ptr<TokenSource>> OpenTokenSource(
     const std::string& path_or_prefix, const TokenSourceOptions& options = {});
 
@@ -116,8 +131,9 @@ absl::StatusOr<std::unique_ptr<TokenSource>> DocumentRange(std::shared_ptr<const
 // Streams documents into PREFIX.bin and writes PREFIX.idx on Finalize(), in exactly Megatron's
 // layout: one sequence per document, so document_indices = [0, 1, ..., n].
 //
-// Crash safety: tokens go to PREFIX.bin.tmp, which Finalize() renames to PREFIX.bin before it
-// writes PREFIX.idx atomically, so an .idx never describes a partial .bin. Not thread-safe.
+// Crash safety: tokens go to a temporary file next to PREFIX.bin (runtime/io/output_file.h: never
+// a planted link), which Finalize() renames to PREFIX.bin before it writes PREFIX.idx the same
+// way, so an .idx never describes a partial .bin. Not thread-safe.
 class MegatronDatasetWriter {
  public:
   struct Options {
@@ -150,10 +166,9 @@ class MegatronDatasetWriter {
   absl::Status FlushBuffer();
 
   std::string prefix_;
-  std::string tmp_bin_path_;
   TokenDType dtype_ = TokenDType::kUInt16;
   int64_t vocab_size_ = 0;
-  std::FILE* bin_ = nullptr;
+  std::unique_ptr<OutputFile> bin_;  // PREFIX.bin until Finalize()
   std::vector<uint8_t> buffer_;   // encoded tokens not yet written
   std::vector<int32_t> sizes_;    // (num_documents,) tokens per sequence
   int64_t num_tokens_ = 0;

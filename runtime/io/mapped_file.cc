@@ -11,6 +11,7 @@
 #include <boost/iostreams/device/mapped_file.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/io/output_file.h"
 
 namespace lattice {
 
@@ -51,35 +52,8 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
 }
 
 absl::Status WriteFileAtomically(const std::string& path, const void* bytes, size_t n) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) {
-    return absl::PermissionDeniedError(absl::StrCat(tmp, ": cannot create: ", std::strerror(errno)));
-  }
-  const char* p = static_cast<const char*>(bytes);
-  size_t left = n;
-  while (left > 0) {
-    const ssize_t w = ::write(fd, p, left);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      const std::string err = std::strerror(errno);
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return absl::ResourceExhaustedError(absl::StrCat(tmp, ": write failed: ", err));
-    }
-    p += w;
-    left -= static_cast<size_t>(w);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    return absl::DataLossError(absl::StrCat(tmp, ": fsync/close failed: ", std::strerror(errno)));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string err = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    return absl::PermissionDeniedError(absl::StrCat(path, ": rename failed: ", err));
-  }
-  return absl::OkStatus();
+  // The one implementation of safe output for all of lattice (runtime/io/output_file.h).
+  return WriteOutputFile(path, absl::string_view(static_cast<const char*>(bytes), n));
 }
 
 }  // namespace lattice

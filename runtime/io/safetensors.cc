@@ -17,6 +17,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "runtime/io/json_limits.h"
+#include "runtime/io/output_file.h"
 #include "runtime/status.h"
 
 namespace lattice {
@@ -32,7 +34,8 @@ using Json = nlohmann::json;
 // has the same limit).
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 // A valid header nests three deep ({ name: { shape: [ ... ] } }); the limit leaves room for
-// metadata-like extensions while keeping a hostile `[[[[...` from costing memory.
+// metadata-like extensions while keeping a hostile `[[[[...` from costing memory. Stricter than
+// the default of runtime/io/json_limits.h, which has to fit tokenizer.json.
 constexpr int kMaxJsonDepth = 16;
 
 struct DTypeEntry {
@@ -67,87 +70,46 @@ absl::Status Corrupt(const std::string& path, absl::string_view what) {
   return absl::DataLossError(absl::StrCat(path, ": not a valid safetensors file: ", what));
 }
 
+// Names and strings from the header, cut for messages (a header may hold a 100 MB name).
+std::string Clip(absl::string_view s) {
+  constexpr size_t kMaxChars = 120;
+  if (s.size() <= kMaxChars) return std::string(s);
+  size_t cut = kMaxChars - 3;
+  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+  return absl::StrCat(s.substr(0, cut), "...");
+}
+
 absl::Status CorruptTensor(const std::string& path, const std::string& name,
                            absl::string_view what) {
   return absl::DataLossError(
-      absl::StrCat(path, ": not a valid safetensors file: tensor '", name, "': ", what));
+      absl::StrCat(path, ": not a valid safetensors file: tensor '", Clip(name), "': ", what));
 }
 
-// Rejects headers nested deeper than kMaxJsonDepth before handing them to the JSON parser.
-bool NestingWithin(const char* p, size_t n, int max_depth) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = 0; i < n; ++i) {
-    const char c = p[i];
-    if (in_string) {
-      if (c == '\\') {
-        ++i;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > max_depth) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
-}
-
-// Parses the header, failing on duplicate keys in any object (nlohmann would silently keep
-// the last one, and a file whose two readers disagree about a tensor is corrupt).
+// The header as a JSON object. Besides what ParseJson rejects everywhere (nesting, duplicate
+// keys in any object, NUL bytes), the format allows padding after the object with spaces only
+// (the reference reader accepts trailing whitespace and rejects a NUL with junk after it).
 absl::StatusOr<Json> ParseHeader(const std::string& path, const char* p, size_t n) {
-  std::vector<std::set<std::string>> open_objects;
-  std::string duplicate;
-  Json::parser_callback_t callback = [&](int /*depth*/, Json::parse_event_t event,
-                                         Json& parsed) -> bool {
-    switch (event) {
-      case Json::parse_event_t::object_start:
-        open_objects.emplace_back();
-        break;
-      case Json::parse_event_t::object_end:
-        if (!open_objects.empty()) open_objects.pop_back();
-        break;
-      case Json::parse_event_t::key:
-        if (!open_objects.empty() && parsed.is_string() &&
-            !open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
-          duplicate = parsed.get<std::string>();
-        }
-        break;
-      default:
-        break;
-    }
-    return true;
-  };
-  Json header;
-  try {
-    header = Json::parse(p, p + n, callback, /*allow_exceptions=*/true);
-  } catch (const Json::exception& e) {
-    return Corrupt(path, absl::StrCat("header is not valid JSON: ", e.what()));
+  if (const void* nul = std::memchr(p, '\0', n); nul != nullptr) {
+    return Corrupt(path, absl::StrCat("the ", n, "-byte header has a NUL byte at offset ",
+                                      static_cast<const char*>(nul) - p,
+                                      " (after the JSON only spaces may pad it)"));
   }
-  if (!duplicate.empty()) {
-    return Corrupt(path, absl::StrCat("duplicate key '", duplicate, "' in the header"));
-  }
+  JsonParseOptions options;
+  options.max_depth = kMaxJsonDepth;
+  absl::StatusOr<Json> header = ParseJson(absl::string_view(p, n), options);
+  if (!header.ok()) return Corrupt(path, absl::StrCat("header: ", header.status().message()));
   return header;
 }
 
-// Product of the non-zero dims fits in int64, so NumElements never overflows in any order.
-bool ShapeFits(const Shape& shape, uint64_t* numel) {
-  uint64_t nonzero_product = 1;
-  bool has_zero = false;
-  for (int64_t d : shape) {
-    if (d == 0) {
-      has_zero = true;
-      continue;
-    }
-    if (__builtin_mul_overflow(nonzero_product, static_cast<uint64_t>(d), &nonzero_product) ||
-        nonzero_product > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return false;
-    }
+// The byte count of `numel` elements of `item_size` bytes, if the shape's product fits int64
+// and so does the byte count (dims are already known to be non-negative int64 values).
+bool ShapeBytes(const Shape& shape, size_t item_size, uint64_t* nbytes) {
+  const absl::StatusOr<int64_t> numel = CheckedNumElements(shape);
+  int64_t bytes;
+  if (!numel.ok() || __builtin_mul_overflow(*numel, static_cast<int64_t>(item_size), &bytes)) {
+    return false;
   }
-  *numel = has_zero ? 0 : nonzero_product;
+  *nbytes = static_cast<uint64_t>(bytes);
   return true;
 }
 
@@ -168,7 +130,7 @@ absl::StatusOr<SafetensorsTensorInfo> ParseEntry(const std::string& path, const 
   info.dtype_name = dtype.get<std::string>();
   const DTypeEntry* dt = FindDType(info.dtype_name);
   if (dt == nullptr) {
-    return CorruptTensor(path, name, absl::StrCat("unknown dtype '", info.dtype_name, "'"));
+    return CorruptTensor(path, name, absl::StrCat("unknown dtype '", Clip(info.dtype_name), "'"));
   }
   info.supported = dt->supported;
   info.dtype = dt->dtype;
@@ -178,23 +140,24 @@ absl::StatusOr<SafetensorsTensorInfo> ParseEntry(const std::string& path, const 
   for (const Json& d : shape) {
     if (!d.is_number_unsigned() ||
         d.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return CorruptTensor(path, name, absl::StrCat("shape ", shape.dump(),
+      return CorruptTensor(path, name, absl::StrCat("shape ", JsonSnippet(shape),
                                                     " has a dim that is not a non-negative "
                                                     "integer"));
     }
     info.shape.push_back(static_cast<int64_t>(d.get<uint64_t>()));
   }
-  uint64_t numel = 0;
   uint64_t nbytes = 0;
-  if (!ShapeFits(info.shape, &numel) || __builtin_mul_overflow(numel, dt->size, &nbytes)) {
-    return CorruptTensor(path, name, absl::StrCat("shape ", shape.dump(), " is too large"));
+  if (!ShapeBytes(info.shape, dt->size, &nbytes)) {
+    return CorruptTensor(path, name,
+                         absl::StrCat("shape ", JsonSnippet(shape), " is too large (its ",
+                                      info.dtype_name, " bytes overflow int64)"));
   }
 
   const Json& offsets = entry["data_offsets"];
   if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
       !offsets[1].is_number_unsigned()) {
     return CorruptTensor(path, name,
-                         absl::StrCat("\"data_offsets\" ", offsets.dump(),
+                         absl::StrCat("\"data_offsets\" ", JsonSnippet(offsets),
                                       " is not a pair of non-negative integers [begin, end]"));
   }
   info.begin = offsets[0].get<uint64_t>();
@@ -227,21 +190,6 @@ class BorrowedBytes final : public Storage {
   size_t n_;
 };
 
-absl::Status WriteAll(int fd, const void* bytes, size_t n, const std::string& path) {
-  const char* p = static_cast<const char*>(bytes);
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t{1} << 30));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return absl::ResourceExhaustedError(
-          absl::StrCat(path, ": write failed: ", std::strerror(errno)));
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 // ---- Reader -------------------------------------------------------------------------------
@@ -267,9 +215,6 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   if (header_len < 2 || header_bytes[0] != '{') {
     return Corrupt(path, "the header does not start with '{'");
   }
-  if (!NestingWithin(header_bytes, header_len, kMaxJsonDepth)) {
-    return Corrupt(path, absl::StrCat("the header nests deeper than ", kMaxJsonDepth, " levels"));
-  }
   LATTICE_ASSIGN_OR_RETURN(Json header, ParseHeader(path, header_bytes, header_len));
   if (!header.is_object()) return Corrupt(path, "the header is not a JSON object");
 
@@ -283,7 +228,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
       for (auto m = it.value().begin(); m != it.value().end(); ++m) {
         if (!m.value().is_string()) {
           return Corrupt(path, absl::StrCat("__metadata__ must map strings to strings; '",
-                                            m.key(), "' is a ", m.value().type_name()));
+                                            Clip(m.key()), "' is a ", m.value().type_name()));
         }
         st->metadata_[m.key()] = m.value().get<std::string>();
       }
@@ -308,7 +253,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     if (info->begin < cursor) {
       return CorruptTensor(path, *name,
                            absl::StrCat("data_offsets [", info->begin, ", ", info->end,
-                                        "] overlap tensor '", *previous, "' (which ends at ",
+                                        "] overlap tensor '", Clip(*previous), "' (which ends at ",
                                         cursor, ")"));
     }
     if (info->begin > cursor) {
@@ -333,7 +278,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
 absl::StatusOr<const SafetensorsTensorInfo*> SafetensorsFile::Find(const std::string& name) const {
   auto it = infos_.find(name);
   if (it == infos_.end()) {
-    return absl::NotFoundError(absl::StrCat(path_, ": no tensor named '", name, "' (the file has ",
+    return absl::NotFoundError(absl::StrCat(path_, ": no tensor named '", Clip(name), "' (the file has ",
                                             infos_.size(), " tensors)"));
   }
   return &it->second;
@@ -344,7 +289,7 @@ absl::StatusOr<const SafetensorsTensorInfo*> SafetensorsFile::FindSupported(
   LATTICE_ASSIGN_OR_RETURN(const SafetensorsTensorInfo* info, Find(name));
   if (!info->supported) {
     return absl::UnimplementedError(
-        absl::StrCat(path_, ": tensor '", name, "' has unsupported dtype ", info->dtype_name,
+        absl::StrCat(path_, ": tensor '", Clip(name), "' has unsupported dtype ", info->dtype_name,
                      " (lattice reads F32, BF16, F16, I32, U16 and U32)"));
   }
   return info;
@@ -366,14 +311,14 @@ absl::Status SafetensorsFile::ReadInto(const std::string& name, const Tensor& ds
   LATTICE_ASSIGN_OR_RETURN(const SafetensorsTensorInfo* info, FindSupported(name));
   if (!dst.defined() || dst.device().type != DeviceType::kCpu) {
     return absl::InvalidArgumentError(
-        absl::StrCat(path_, ": tensor '", name,
+        absl::StrCat(path_, ": tensor '", Clip(name),
                      "': the destination must be an allocated CPU tensor (copy to the device "
                      "afterwards), got ",
                      dst.defined() ? dst.DebugString() : "an undefined tensor"));
   }
   if (dst.shape() != info->shape) {
     return absl::InvalidArgumentError(absl::StrCat(
-        path_, ": tensor '", name, "' has shape ", ShapeToString(info->shape),
+        path_, ": tensor '", Clip(name), "' has shape ", ShapeToString(info->shape),
         " but the destination has shape ", ShapeToString(dst.shape())));
   }
   const size_t n = info->end - info->begin;
@@ -383,7 +328,7 @@ absl::Status SafetensorsFile::ReadInto(const std::string& name, const Tensor& ds
   }
   if (IsFloat(dst.dtype()) != IsFloat(info->dtype)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(path_, ": tensor '", name, "' is ", info->dtype_name,
+        absl::StrCat(path_, ": tensor '", Clip(name), "' is ", info->dtype_name,
                      "; reading it into a ", DTypeName(dst.dtype()),
                      " tensor would mix integers and floats"));
   }
@@ -445,46 +390,16 @@ absl::Status WriteSafetensors(const std::string& path,
   text.append((8 - text.size() % 8) % 8, ' ');
   const uint64_t header_len = text.size();
 
-  static std::atomic<uint64_t> counter{0};
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", counter++);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return absl::PermissionDeniedError(
-        absl::StrCat(tmp, ": cannot create: ", std::strerror(errno)));
-  }
-  auto fail = [&](absl::Status s) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return s;
-  };
-  absl::Status s = WriteAll(fd, &header_len, 8, tmp);
-  if (s.ok()) s = WriteAll(fd, text.data(), text.size(), tmp);
+  // runtime/io/output_file.h: a fresh temporary (never a planted link), renamed over `path` only
+  // once complete; a device or FIFO target is written in place. On any error the temporary is
+  // removed when `out` goes away and the old file is untouched.
+  LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<OutputFile> out, OutputFile::Create(path));
+  LATTICE_RETURN_IF_ERROR(out->Write(&header_len, 8));
+  LATTICE_RETURN_IF_ERROR(out->Write(text));
   for (const auto& [name, t] : tensors) {
-    if (!s.ok()) break;
-    if (t.nbytes() > 0) s = WriteAll(fd, t.raw(), t.nbytes(), tmp);
+    if (t.nbytes() > 0) LATTICE_RETURN_IF_ERROR(out->Write(t.raw(), t.nbytes()));
   }
-  if (!s.ok()) return fail(s);
-  if (::fsync(fd) != 0) {
-    return fail(absl::DataLossError(absl::StrCat(tmp, ": fsync failed: ", std::strerror(errno))));
-  }
-  if (::close(fd) != 0) {
-    ::unlink(tmp.c_str());
-    return absl::DataLossError(absl::StrCat(tmp, ": close failed: ", std::strerror(errno)));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string err = std::strerror(errno);
-    ::unlink(tmp.c_str());
-    return absl::PermissionDeniedError(absl::StrCat(path, ": rename failed: ", err));
-  }
-  // Make the rename itself durable; best effort (some file systems refuse to fsync a folder).
-  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  const std::string dir = parent.empty() ? std::string(".") : parent.string();
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return absl::OkStatus();
+  return out->Commit();
 }
 
 }  // namespace lattice

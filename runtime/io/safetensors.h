@@ -4,9 +4,10 @@
 // Layout: u64 little-endian header length N, N bytes of JSON, then the byte buffer. The JSON
 // maps tensor names to {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to
 // the buffer) plus an optional "__metadata__" string->string map. The reader rejects anything
-// the format does not allow (duplicate keys, holes or overlaps in the buffer, sizes that do not
-// match the shape) with kDataLoss naming the file and the tensor, so that a corrupt checkpoint
-// is never half-loaded.
+// the format does not allow (duplicate keys in any object, holes or overlaps in the buffer,
+// sizes that do not match the shape, shapes whose products overflow, nesting past 16 levels,
+// anything but whitespace after the JSON, a NUL byte included) with kDataLoss naming the file
+// and the tensor, so that a corrupt checkpoint is never half-loaded.
 #ifndef LATTICE_RUNTIME_IO_SAFETENSORS_H_
 #define LATTICE_RUNTIME_IO_SAFETENSORS_H_
 

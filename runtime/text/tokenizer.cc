@@ -12,6 +12,8 @@
 //                   and rstrip. Ids are assigned the way `tokenizers` assigns them on load.
 //   decoder         ByteLevel or null.
 //   normalizer, truncation, padding: null. post_processor: ignored (see tokenizer.h).
+// The JSON itself: at most kDefaultMaxJsonDepth levels deep, no key twice in any object, no NUL
+// byte (runtime/io/json_limits.h); each is a DataLoss error naming the file and the place.
 #include "runtime/text/tokenizer.h"
 
 #include <algorithm>
@@ -28,6 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "runtime/io/json_limits.h"
 #include "runtime/io/mapped_file.h"
 #include "runtime/status.h"
 #include "runtime/text/unicode.h"
@@ -132,10 +135,8 @@ int32_t LastCodePoint(absl::string_view s) {
   return unicode::DecodeUtf8(s, LastCharStart(s)).code_point;
 }
 
-std::string Quote(absl::string_view s) {
-  return nlohmann::json(std::string(s))
-      .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-}
+// A token or key as a JSON string for messages, cut when long (a file may hold megabyte keys).
+std::string Quote(absl::string_view s) { return JsonSnippet(nlohmann::json(std::string(s))); }
 
 // ---- BPE word cache ----------------------------------------------------------------------------
 
@@ -193,11 +194,9 @@ class JsonReader {
     return Error(field, absl::StrCat("unsupported value ", Short(value), " (lattice supports ",
                                      supported, ")"));
   }
-  static std::string Short(const Json& v) {
-    std::string s = v.dump(-1, ' ', false, Json::error_handler_t::replace);
-    if (s.size() > 120) s = s.substr(0, 117) + "...";
-    return s;
-  }
+  // At most 120 characters of `v`, visiting only what is printed (never a full dump, whose
+  // recursion and size follow the value's).
+  static std::string Short(const Json& v) { return JsonSnippet(v, 120); }
   static const char* TypeName(const Json& v) { return v.type_name(); }
 
   absl::StatusOr<bool> Bool(const Json& obj, const char* key, bool default_value,
@@ -226,7 +225,8 @@ class JsonReader {
       bool known = false;
       for (const char* k : keys) known = known || it.key() == k;
       if (!known) {
-        return Error(absl::StrCat(field, ".", it.key()),
+        const std::string& k = it.key();
+        return Error(absl::StrCat(field, ".", k.size() <= 64 ? k : Quote(k)),
                      "unknown field (lattice does not support it)");
       }
     }
@@ -915,14 +915,16 @@ class ByteTokenizer final : public Tokenizer {
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(absl::string_view json_text,
                                                                absl::string_view source_name) {
-  Json root;
-  try {
-    root = Json::parse(json_text.begin(), json_text.end());
-  } catch (const Json::exception& e) {
-    return absl::DataLossError(absl::StrCat(source_name, ": not valid tokenizer JSON: ", e.what()));
+  // Bounded depth (a file nested 100,000 deep once overflowed the stack in a recursive dump
+  // while building an error message) and no duplicate keys in any object (vocab, top level,
+  // ...: `tokenizers` and nlohmann would disagree about which one wins).
+  absl::StatusOr<Json> root = ParseJson(json_text);
+  if (!root.ok()) {
+    return absl::DataLossError(
+        absl::StrCat(source_name, ": not valid tokenizer JSON: ", root.status().message()));
   }
   try {
-    return BpeTokenizer::Create(root, source_name);
+    return BpeTokenizer::Create(*root, source_name);
   } catch (const Json::exception& e) {
     // The reader checks types before every access; this is a last line of defence.
     return absl::InvalidArgumentError(

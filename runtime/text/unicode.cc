@@ -1,28 +1,71 @@
 #include "runtime/text/unicode.h"
 
-#include <unicode/uchar.h>
+#include <algorithm>
+#include <iterator>
 
 namespace lattice::unicode {
 namespace {
 
-// ASCII is most of any corpus: classify it from a table, the rest through ICU.
-struct AsciiTable {
-  CharClass cls[128];
-  AsciiTable() {
-    for (int c = 0; c < 128; ++c) {
-      if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
-        cls[c] = CharClass::kLetter;
-      } else if (c >= '0' && c <= '9') {
-        cls[c] = CharClass::kNumber;
-      } else if ((c >= 0x09 && c <= 0x0D) || c == 0x20) {
-        cls[c] = CharClass::kSpace;
-      } else {
-        cls[c] = CharClass::kOther;
+// An inclusive range of code points; the generated tables below are sorted arrays of these.
+struct CodePointRange {
+  int32_t first;
+  int32_t last;
+};
+
+// kLetterRanges, kNumberRanges, kWhiteSpaceRanges, kWordRanges: the classes `tokenizers` uses,
+// each in the Unicode version of the engine that uses it (the file's comments say which).
+#include "runtime/text/unicode_tables.inc"
+
+// The binary search below is only right on sorted, disjoint ranges: checked when compiling.
+template <size_t N>
+constexpr bool SortedAndDisjoint(const CodePointRange (&ranges)[N]) {
+  for (size_t i = 0; i < N; ++i) {
+    if (ranges[i].first > ranges[i].last || ranges[i].last > 0x10FFFF) return false;
+    if (i > 0 && ranges[i - 1].last >= ranges[i].first) return false;
+  }
+  return true;
+}
+static_assert(SortedAndDisjoint(kLetterRanges));
+static_assert(SortedAndDisjoint(kNumberRanges));
+static_assert(SortedAndDisjoint(kWhiteSpaceRanges));
+static_assert(SortedAndDisjoint(kWordRanges));
+
+template <size_t N>
+bool InRanges(const CodePointRange (&ranges)[N], int32_t cp) {
+  // The first range that does not end before cp holds it, if any does.
+  const CodePointRange* it =
+      std::lower_bound(std::begin(ranges), std::end(ranges), cp,
+                       [](const CodePointRange& r, int32_t c) { return r.last < c; });
+  return it != std::end(ranges) && it->first <= cp;
+}
+
+CharClass ClassifyFromTables(int32_t cp) {
+  if (InRanges(kLetterRanges, cp)) return CharClass::kLetter;
+  if (InRanges(kNumberRanges, cp)) return CharClass::kNumber;
+  if (InRanges(kWhiteSpaceRanges, cp)) return CharClass::kSpace;
+  return CharClass::kOther;
+}
+
+// The Basic Multilingual Plane holds nearly every character of real text: classify it from a
+// flat table (64 KiB, one byte a code point) built from the ranges when compiling (so it is
+// ready before any static initializer runs), the rest by search.
+inline constexpr int32_t kBmpSize = 0x10000;
+struct BmpTable {
+  CharClass cls[kBmpSize] = {};
+  constexpr BmpTable() {
+    std::fill(std::begin(cls), std::end(cls), CharClass::kOther);
+    // The three classes are disjoint (the generator checks), so the fill order is immaterial.
+    auto fill = [&](const auto& ranges, CharClass c) {
+      for (const CodePointRange& r : ranges) {
+        for (int32_t cp = r.first; cp <= r.last && cp < kBmpSize; ++cp) cls[cp] = c;
       }
-    }
+    };
+    fill(kLetterRanges, CharClass::kLetter);
+    fill(kNumberRanges, CharClass::kNumber);
+    fill(kWhiteSpaceRanges, CharClass::kSpace);
   }
 };
-const AsciiTable kAscii;
+constexpr BmpTable kBmp;
 
 struct ByteMaps {
   std::array<uint32_t, 256> to_cp;
@@ -95,7 +138,7 @@ struct Char {
 
 inline Char CharAt(absl::string_view text, size_t pos) {
   const uint8_t b = static_cast<uint8_t>(text[pos]);
-  if (b < 0x80) return {b, 1, kAscii.cls[b]};
+  if (b < 0x80) return {b, 1, kBmp.cls[b]};
   const DecodedChar d = DecodeUtf8(text, pos);
   return {d.code_point, d.length, Classify(d.code_point)};
 }
@@ -264,41 +307,13 @@ std::string Utf8Lossy(absl::string_view bytes) {
 
 CharClass Classify(int32_t cp) {
   if (cp < 0) return CharClass::kOther;
-  if (cp < 128) return kAscii.cls[cp];
-  switch (u_charType(cp)) {
-    case U_UPPERCASE_LETTER:
-    case U_LOWERCASE_LETTER:
-    case U_TITLECASE_LETTER:
-    case U_MODIFIER_LETTER:
-    case U_OTHER_LETTER:
-      return CharClass::kLetter;
-    case U_DECIMAL_DIGIT_NUMBER:
-    case U_LETTER_NUMBER:
-    case U_OTHER_NUMBER:
-      return CharClass::kNumber;
-    default:
-      return u_isUWhiteSpace(cp) ? CharClass::kSpace : CharClass::kOther;
-  }
+  if (cp < kBmpSize) return kBmp.cls[cp];
+  return ClassifyFromTables(cp);
 }
 
-bool IsWhiteSpace(int32_t cp) { return cp >= 0 && u_isUWhiteSpace(cp); }
+bool IsWhiteSpace(int32_t cp) { return cp >= 0 && InRanges(kWhiteSpaceRanges, cp); }
 
-bool IsWordChar(int32_t cp) {
-  if (cp < 0) return false;
-  if (u_hasBinaryProperty(cp, UCHAR_ALPHABETIC) || u_hasBinaryProperty(cp, UCHAR_JOIN_CONTROL)) {
-    return true;
-  }
-  switch (u_charType(cp)) {
-    case U_NON_SPACING_MARK:
-    case U_ENCLOSING_MARK:
-    case U_COMBINING_SPACING_MARK:
-    case U_DECIMAL_DIGIT_NUMBER:
-    case U_CONNECTOR_PUNCTUATION:
-      return true;
-    default:
-      return false;
-  }
-}
+bool IsWordChar(int32_t cp) { return cp >= 0 && InRanges(kWordRanges, cp); }
 
 const std::array<uint32_t, 256>& ByteToCodePoint() { return Maps().to_cp; }
 

@@ -14,7 +14,25 @@
 #include <string>
 #include <vector>
 
+#include "kernels/simd.h"
+
 namespace lattice::testing {
+
+// Runs `body` once for every vector level (kernels/simd.h) this CPU supports, with that level
+// active, then restores the default. The levels round differently (FMA, reduction order), so
+// each must pass the same tolerances.
+template <typename F>
+void ForEachSimdLevel(F&& body) {
+  using kernels::cpu::internal::SimdLevel;
+  const SimdLevel saved = kernels::cpu::internal::Simd().level;
+  for (SimdLevel level : {SimdLevel::kBaseline, SimdLevel::kAvx2, SimdLevel::kAvx512}) {
+    if (!kernels::cpu::internal::SimdSupported(level)) continue;
+    kernels::cpu::internal::SetSimdLevel(level);
+    SCOPED_TRACE(std::string("SIMD level ") + kernels::cpu::internal::Simd().name);
+    body();
+  }
+  kernels::cpu::internal::SetSimdLevel(saved);
+}
 
 // Uniform in [lo, hi), reproducible for a given seed.
 inline std::vector<float> RandomVector(int64_t n, uint64_t seed, float lo = -1.0f,

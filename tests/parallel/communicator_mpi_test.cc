@@ -26,26 +26,17 @@
 #include "parallel/launch_env.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/process_grid.h"
+#include "tests/parallel/mpi_harness.h"
 
 namespace lattice {
 namespace {
 
 using ::testing::HasSubstr;
 
-Communicator* g_world = nullptr;
-
-Communicator& World() { return *g_world; }
-int Rank() { return g_world->rank(); }
-int Size() { return g_world->size(); }
-
-// A fresh communicator over the same ranks, so counters start at zero and each test's traffic
-// cannot match another test's.
-std::unique_ptr<Communicator> FreshWorld() {
-  absl::StatusOr<std::unique_ptr<Communicator>> c = World().Split(0, Rank());
-  EXPECT_TRUE(c.ok()) << c.status();
-  LATTICE_CHECK(c.ok() && *c != nullptr);
-  return std::move(c).value();
-}
+using lattice::testing::FreshWorld;
+using lattice::testing::World;
+int Rank() { return World().rank(); }
+int Size() { return World().size(); }
 
 TEST(Harness, FailsOnRequestedRank) {
   const char* fail = std::getenv("LATTICE_MPI_TEST_FAIL_RANK");
@@ -465,72 +456,7 @@ TEST(MpiTensor, AllReduceAndGatherTensors) {
   for (int k = 0; k < 3 * Size(); ++k) EXPECT_EQ(all.i32()[k], k);
 }
 
-// Prints failures of ranks other than 0, which have no default printer.
-class RankFailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& result) override {
-    if (!result.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_,
-                 result.file_name() ? result.file_name() : "?", result.line_number(),
-                 result.message());
-    std::fflush(stderr);
-  }
-  void OnTestEnd(const ::testing::TestInfo& info) override {
-    if (info.result()->Failed()) {
-      std::fprintf(stderr, "[rank %d] [  FAILED  ] %s.%s\n", rank_, info.test_suite_name(),
-                   info.name());
-      std::fflush(stderr);
-    }
-  }
-
- private:
-  int rank_;
-};
-
 }  // namespace
 }  // namespace lattice
 
-// Defined here, so the linker never pulls main from gtest_main (a static archive member is only
-// linked in for a symbol that is still undefined).
-int main(int argc, char** argv) {
-  absl::StatusOr<std::unique_ptr<lattice::MpiRuntime>> mpi =
-      lattice::MpiRuntime::Initialize(&argc, &argv);
-  if (!mpi.ok()) {
-    std::fprintf(stderr, "communicator_mpi_test: %s\n", mpi.status().ToString().c_str());
-    return 1;
-  }
-  absl::StatusOr<std::unique_ptr<lattice::Communicator>> world =
-      lattice::CreateWorldCommunicator();
-  if (!world.ok()) {
-    std::fprintf(stderr, "communicator_mpi_test: %s\n", world.status().ToString().c_str());
-    return 1;
-  }
-  lattice::g_world = world->get();
-  const int rank = (*world)->rank();
-
-  ::testing::InitGoogleTest(&argc, argv);
-  ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
-  if (rank != 0) {
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new lattice::RankFailurePrinter(rank));
-  }
-  const int local = RUN_ALL_TESTS();
-
-  int32_t any_failed = local != 0 ? 1 : 0;
-  absl::Status agreed =
-      (*world)->AllReduce(&any_failed, 1, lattice::CommType::kI32, lattice::ReduceOp::kMax);
-  if (!agreed.ok()) {
-    std::fprintf(stderr, "[rank %d] could not agree on the result: %s\n", rank,
-                 agreed.ToString().c_str());
-    any_failed = 1;
-  }
-  if (rank == 0) {
-    std::printf("communicator_mpi_test: %d rank(s) (%s): %s\n", (*world)->size(),
-                std::string((*world)->kind()).c_str(),
-                any_failed ? "FAILED on at least one rank" : "passed on every rank");
-  }
-  lattice::g_world = nullptr;
-  world->reset();  // before ~MpiRuntime finalises MPI
-  return any_failed ? 1 : 0;
-}
+LATTICE_MPI_TEST_MAIN(communicator_mpi_test)

@@ -1,11 +1,13 @@
+// LATTICE_TEST_LABELS: numeric
 // Single-process tests of the data-parallel building blocks: the bucket layout, the shards and
-// their parameter segments, the reducer's launch bookkeeping, and the engine on a world of one
-// (SelfCommunicator) against the single-process trainer's step. The multi-rank behaviour is
-// data_parallel_mpi_test.cc's.
+// their parameter segments, the reducer's launch bookkeeping, the sharded optimizer, and the
+// engine on a world of one (SelfCommunicator) against the single-process trainer's step. The
+// multi-rank behaviour is data_parallel_mpi_test.cc's and engine_mpi_test.cc's.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -15,8 +17,7 @@
 #include "model/optimizer.h"
 #include "parallel/communicator.h"
 #include "parallel/data_parallel.h"
-#include "parallel/distributed_optimizer.h"
-#include "parallel/dp_step.h"
+#include "parallel/engine.h"
 #include "runtime/config.h"
 
 namespace lattice {
@@ -180,7 +181,7 @@ TEST(Shards, SegmentsFollowTheParameters) {
     for (size_t k = 0; k < want.size(); ++k) {
       EXPECT_EQ(got[k].begin, want[k].begin) << rank << "/" << k;
       EXPECT_EQ(got[k].end, want[k].end) << rank << "/" << k;
-      EXPECT_EQ(got[k].shard_offset, want[k].shard) << rank << "/" << k;
+      EXPECT_EQ(got[k].state_offset, want[k].shard) << rank << "/" << k;
       EXPECT_EQ(got[k].param, want[k].param) << rank << "/" << k;
       EXPECT_EQ(got[k].weight_decay, want[k].wd) << rank << "/" << k;
     }
@@ -213,9 +214,9 @@ TEST(Shards, SegmentsCoverEveryElementOnceWithItsDecayFlag) {
           EXPECT_GE(s.begin, p.offset);
           EXPECT_LE(s.end, p.offset + p.value.numel());
           EXPECT_EQ(s.weight_decay, p.weight_decay);
-          EXPECT_GE(s.shard_offset, prev_shard_end) << "segments in shard order";
-          EXPECT_LE(s.shard_offset + s.numel(), l->shard_numel);
-          prev_shard_end = s.shard_offset + s.numel();
+          EXPECT_GE(s.state_offset, prev_shard_end) << "segments in shard order";
+          EXPECT_LE(s.state_offset + s.numel(), l->shard_numel);
+          prev_shard_end = s.state_offset + s.numel();
           for (int64_t k = s.begin; k < s.end; ++k) seen[k]++;
         }
       }
@@ -235,6 +236,8 @@ TEST(Shards, OwnedSumsOfSquaresAddUpToTheTotal) {
     ASSERT_TRUE(l.ok());
     double sum = 0;
     for (int r = 0; r < dp; ++r) sum += OwnedSumOfSquares(g.data(), *l, r);
+    // Double sums of the same 1001 squares grouped differently: they differ by at most
+    // n * 2^-53 ~ 1e-13 relative; 1e-9 only says "the same terms, each counted once".
     EXPECT_NEAR(sum, total, 1e-9 * total) << "dp " << dp;
   }
 }
@@ -306,9 +309,10 @@ TEST(GradReducer, RangesReportedTwiceOrOutsideAreErrors) {
   EXPECT_EQ(self.counters().reduce_scatter.calls, 20);
 }
 
-// In a world of one the distributed optimizer is AdamW over the same elements, with the same
-// per-parameter weight decay: the parameters agree bit for bit.
-TEST(DistributedOptimizer, WorldOfOneMatchesAdamWExactly) {
+// AdamW over one rank's shard segments, updated bucket by bucket, is AdamW over the same
+// elements with the same per-parameter weight decay: with a world of one the shard is every
+// element, so the parameters agree bit for bit and the moments sit at the shard positions.
+TEST(ShardedAdamW, WorldOfOneMatchesWholeModelAdamWExactly) {
   ParameterSet a = FourParameters();
   ParameterSet b = FourParameters();
   for (int64_t k = 0; k < a.numel(); ++k) {
@@ -319,46 +323,36 @@ TEST(DistributedOptimizer, WorldOfOneMatchesAdamWExactly) {
   AdamW reference(a, tc);
   absl::StatusOr<BucketLayout> l = MakeBucketLayout(b.numel(), 1, 12);
   ASSERT_TRUE(l.ok());
-  DistributedOptimizer dist(b, tc, *l, 0, nullptr);
-  EXPECT_EQ(dist.state_bytes(), 16 * 8);
-  SelfCommunicator self;
+  std::vector<ShardSegment> shard = ShardSegments(b, *l, 0);
+  AdamW sharded(tc, std::vector<OptimizerSegment>(shard.begin(), shard.end()), l->shard_numel);
+  EXPECT_EQ(sharded.state_bytes(), 16 * 8);
   for (int step = 1; step <= 4; ++step) {
     for (int64_t k = 0; k < a.numel(); ++k) {
       a.flat_grads().f32()[k] = b.flat_grads().f32()[k] = std::cos(static_cast<float>(k * step));
     }
-    reference.Step(a, 0.01f * static_cast<float>(step), 0.75f);
-    ASSERT_TRUE(dist.Step(b, self, 0.01f * static_cast<float>(step), 0.75f).ok());
+    const float lr = 0.01f * static_cast<float>(step);
+    reference.Step(a, lr, 0.75f);
+    sharded.BeginStep();
+    // In pieces, as the engine does bucket by bucket.
+    const size_t n = sharded.segments().size();
+    sharded.UpdateSegments(0, n / 2, b.flat_values().f32(), b.flat_grads().f32(), lr, 0.75f);
+    sharded.UpdateSegments(n / 2, n, b.flat_values().f32(), b.flat_grads().f32(), lr, 0.75f);
   }
-  EXPECT_EQ(dist.step(), 4);
+  EXPECT_EQ(sharded.step(), 4);
   for (int64_t k = 0; k < a.numel(); ++k) {
     EXPECT_EQ(a.flat_values().f32()[k], b.flat_values().f32()[k]) << k;
   }
   // The shard is in bucket order (from the end of the buffer), so moments are found through
   // the segments.
   int64_t covered = 0;
-  for (const ShardSegment& s : dist.segments()) {
+  for (const OptimizerSegment& s : sharded.segments()) {
     for (int64_t k = s.begin; k < s.end; ++k) {
-      EXPECT_EQ(reference.m().f32()[k], dist.m().f32()[s.shard_offset + k - s.begin]) << k;
-      EXPECT_EQ(reference.v().f32()[k], dist.v().f32()[s.shard_offset + k - s.begin]) << k;
+      EXPECT_EQ(reference.m().f32()[k], sharded.m().f32()[s.state_offset + k - s.begin]) << k;
+      EXPECT_EQ(reference.v().f32()[k], sharded.v().f32()[s.state_offset + k - s.begin]) << k;
     }
     covered += s.numel();
   }
   EXPECT_EQ(covered, a.numel());
-}
-
-TEST(ExpectedStepVolume, WorldOfOneSendsNothing) {
-  absl::StatusOr<CommVolume> v = ExpectedStepVolume(1000, 1, true, 400, false);
-  ASSERT_TRUE(v.ok());
-  EXPECT_EQ(v->bytes(), 0);
-  EXPECT_EQ(v->reduce_scatter.calls, 10);
-  EXPECT_EQ(v->all_gather.calls, 12);  // 10 parameter buckets + 2 rank-order sums
-  // dp 4, 1000 elements in one bucket, plain: 2 * 3/4 * 4000 bytes + two 48-byte gathers.
-  v = ExpectedStepVolume(1000, 4, false, kDefaultBucketBytes, false);
-  ASSERT_TRUE(v.ok());
-  EXPECT_EQ(v->all_reduce, (OpCounter{1, 6000}));
-  EXPECT_EQ(v->all_gather, (OpCounter{2, 96}));
-  EXPECT_EQ(ExpectedStepVolume(0, 4, false, 16, false).status().code(),
-            absl::StatusCode::kInvalidArgument);
 }
 
 // ---- The engine on a world of one --------------------------------------------------------
@@ -381,28 +375,38 @@ TokenBatch Batch(int64_t first, int64_t b, int64_t t) {
   return mb;
 }
 
-TEST(DataParallelEngine, WorldOfOneMatchesTheTrainerStep) {
-  absl::StatusOr<Config> cfg =
-      LoadConfig(std::string(LATTICE_SOURCE_DIR) + "/configs/tiny-llama.yaml",
-                 {"model.seq_len=16", "train.micro_batch_size=2", "train.global_batch_size=4",
-                  "train.steps=3", "train.warmup_steps=1"});
-  ASSERT_TRUE(cfg.ok()) << cfg.status();
+absl::StatusOr<Config> EngineConfig(const char* file, std::vector<std::string> sets,
+                                    bool zero1) {
+  sets.push_back(zero1 ? "parallel.zero1=true" : "parallel.zero1=false");
+  LATTICE_ASSIGN_OR_RETURN(Config c,
+                           LoadConfig(std::string(LATTICE_SOURCE_DIR) + "/configs/" + file, sets));
+  LATTICE_RETURN_IF_ERROR(c.ValidateLayout(1));
+  return c;
+}
+
+TEST(ParallelEngineWorldOfOne, MatchesTheTrainerStepBitForBit) {
   const int64_t t = 16, mbs = 2;
   for (bool zero1 : {false, true}) {
     SCOPED_TRACE(zero1 ? "zero1" : "plain");
+    absl::StatusOr<Config> cfg = EngineConfig(
+        "tiny-llama.yaml",
+        {"model.seq_len=16", "train.micro_batch_size=2", "train.global_batch_size=4",
+         "train.steps=3", "train.warmup_steps=1", "train.seed=5"},
+        zero1);
+    ASSERT_TRUE(cfg.ok()) << cfg.status();
     auto ref = Decoder::Create(cfg->model, mbs);
-    auto dp = Decoder::Create(cfg->model, mbs);
-    ASSERT_TRUE(ref.ok() && dp.ok());
+    ASSERT_TRUE(ref.ok());
     (*ref)->InitializeWeights(5);
-    (*dp)->InitializeWeights(5);
     AdamW opt((*ref)->params(), cfg->train);
     SelfCommunicator self;
-    auto engine = DataParallelEngine::Create(**dp, cfg->train, self, {zero1, 4096});
+    auto engine = ParallelEngine::Create(*cfg, self, {.bucket_bytes = 4096});
     ASSERT_TRUE(engine.ok()) << engine.status();
-    EXPECT_GT((*engine)->layout().buckets.size(), 4u);
+    Decoder& dp = (*engine)->model();
+    EXPECT_GT((*engine)->bucket_layout().buckets.size(), 4u);
     for (int64_t step = 1; step <= 3; ++step) {
       const float lr = LearningRate(cfg->train, step);
-      std::vector<TokenBatch> batches = {Batch((step - 1) * 4, mbs, t), Batch((step - 1) * 4 + 2, mbs, t)};
+      std::vector<TokenBatch> batches = {Batch((step - 1) * 4, mbs, t),
+                                         Batch((step - 1) * 4 + 2, mbs, t)};
       // The trainer's step, written out.
       (*ref)->params().ZeroGrads();
       const float dloss = 1.0f / static_cast<float>(4 * t);
@@ -415,49 +419,51 @@ TEST(DataParallelEngine, WorldOfOneMatchesTheTrainerStep) {
       const double norm = GlobalGradNorm((*ref)->params());
       opt.Step((*ref)->params(), lr, kernels::cpu::ClipCoefficient(norm, cfg->train.grad_clip));
 
-      absl::StatusOr<DataParallelStepResult> r = (*engine)->Step(batches, lr);
+      absl::StatusOr<EngineStepResult> r = (*engine)->Step(batches, lr);
       ASSERT_TRUE(r.ok()) << r.status();
       EXPECT_EQ(r->tokens, 4 * t);
       EXPECT_FALSE(r->skipped);
       EXPECT_EQ(r->loss, loss) << "one rank: the same sums in the same order";
-      EXPECT_NEAR(r->grad_norm, norm, 1e-12 * norm);
-      EXPECT_EQ(r->bytes, (*engine)->ExpectedStepVolume(false));
+      // The engine sums squares range by range, the reference over the whole buffer at once:
+      // double sums of the same n fp32 squares in two orders, which differ by at most
+      // n * 2^-53 relative (the norm, a square root, by half that).
+      const double sum_tol = static_cast<double>(dp.params().numel()) * std::ldexp(1.0, -53);
+      EXPECT_NEAR(r->grad_norm, norm, sum_tol * norm);
+      EXPECT_EQ(r->bytes, (*engine)->ExpectedStepVolume(batches, false));
+      EXPECT_EQ(r->bytes.bytes(), 0) << "a world of one sends nothing";
       // All but the buckets that the embeddings' report (the last one) completes.
-      const Parameter& wte = (*dp)->params().Get("wte");
+      const Parameter& wte = dp.params().Get("wte");
       int overlapped = 0;
-      for (const GradBucket& b : (*engine)->layout().buckets) {
+      for (const GradBucket& b : (*engine)->bucket_layout().buckets) {
         overlapped += b.begin >= wte.offset + wte.value.numel() ? 1 : 0;
       }
       EXPECT_EQ(r->overlapped_buckets, overlapped);
       EXPECT_GT(overlapped, r->buckets / 2);
     }
-    EXPECT_EQ((*engine)->step(), 3);
+    EXPECT_EQ((*engine)->iteration(), 3);
+    EXPECT_EQ((*engine)->optimizer().step(), 3);
     const float* a = (*ref)->params().flat_values().f32();
-    const float* b = (*dp)->params().flat_values().f32();
-    double diff = 0, norm = 0;
+    const float* b = dp.params().flat_values().f32();
     for (int64_t k = 0; k < (*ref)->params().numel(); ++k) {
-      diff += (a[k] - b[k]) * static_cast<double>(a[k] - b[k]);
-      norm += a[k] * static_cast<double>(a[k]);
+      ASSERT_EQ(a[k], b[k]) << "element " << k << ": a world of one runs the same arithmetic";
     }
-    EXPECT_LE(std::sqrt(diff), 1e-6 * std::sqrt(norm));
-    const DataParallelMemory mem = (*engine)->memory();
-    EXPECT_EQ(mem.params, 4 * (*dp)->params().numel());
-    EXPECT_EQ(mem.optimizer_state, 8 * (*dp)->params().numel());
+    const EngineMemory mem = (*engine)->memory();
+    EXPECT_EQ(mem.params, 4 * dp.params().numel());
+    EXPECT_EQ(mem.optimizer_state, 8 * dp.params().numel());
   }
 }
 
-TEST(DataParallelEngine, RejectsBadMicroBatchesBeforeComputing) {
-  absl::StatusOr<Config> cfg = LoadConfig(
-      std::string(LATTICE_SOURCE_DIR) + "/configs/tiny-gpt2.yaml",
-      {"model.seq_len=8", "train.micro_batch_size=1", "train.global_batch_size=1"});
+TEST(ParallelEngineWorldOfOne, RejectsBadMicroBatchesBeforeComputing) {
+  absl::StatusOr<Config> cfg = EngineConfig(
+      "tiny-gpt2.yaml",
+      {"model.seq_len=8", "train.micro_batch_size=1", "train.global_batch_size=1"}, false);
   ASSERT_TRUE(cfg.ok()) << cfg.status();
-  auto model = Decoder::Create(cfg->model, 1);
-  ASSERT_TRUE(model.ok());
   SelfCommunicator self;
-  auto engine = DataParallelEngine::Create(**model, cfg->train, self, {});
+  auto engine = ParallelEngine::Create(*cfg, self);
   ASSERT_TRUE(engine.ok());
+  Tensor before = (*engine)->model().params().flat_values().Clone();
   auto bad = [&](std::vector<TokenBatch> b, const char* what) {
-    absl::StatusOr<DataParallelStepResult> r = (*engine)->Step(b, 1e-3f);
+    absl::StatusOr<EngineStepResult> r = (*engine)->Step(b, 1e-3f);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << what;
     EXPECT_THAT(r.status().message(), HasSubstr(what));
   };
@@ -470,8 +476,11 @@ TEST(DataParallelEngine, RejectsBadMicroBatchesBeforeComputing) {
   mb = Batch(0, 1, 8);
   mb.inputs[3] = 257;
   bad({mb}, "model.vocab_size=257");
-  EXPECT_EQ((*engine)->step(), 0);
-  EXPECT_EQ(DataParallelEngine::Create(**model, cfg->train, self, {false, 0}).status().code(),
+  EXPECT_EQ((*engine)->iteration(), 0);
+  EXPECT_EQ(std::memcmp(before.raw(), (*engine)->model().params().flat_values().raw(),
+                        before.nbytes()),
+            0);
+  EXPECT_EQ(ParallelEngine::Create(*cfg, self, {.bucket_bytes = 0}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 

@@ -8,13 +8,17 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
+#include "kernels/threads.h"
 #include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "runtime/status.h"
+#include "runtime/system.h"
 
 namespace lattice::testing {
 
@@ -66,6 +70,13 @@ inline int RunMpiTests(int argc, char** argv, const char* name) {
   }
   WorldSlot() = world->get();
   const int rank = (*world)->rank();
+  // scripts/numeric-matrix.sh runs the numerical tests with 1 and 2 threads per rank, capped
+  // at twice the cores per rank: ctest runs up to 8 ranks on a 2-core machine, and beyond 2x
+  // oversubscription a test would measure the scheduler, not the arithmetic.
+  if (const char* threads = std::getenv("LATTICE_TEST_THREADS"); threads != nullptr) {
+    const int cap = std::max(1, 2 * AffinityCores() / (*world)->size());
+    kernels::cpu::SetNumThreads(std::min(std::max(1, std::atoi(threads)), cap));
+  }
   ::testing::InitGoogleTest(&argc, argv);
   ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
   if (rank != 0) {

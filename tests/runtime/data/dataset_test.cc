@@ -289,6 +289,45 @@ TEST_F(DatasetTest, StateRoundTripsAndRefusesOtherData) {
   }
 }
 
+// The state comes from a file on disk: malformed, hostile or out-of-range JSON is a clear error.
+TEST(DataLoaderStateTest, UntrustedJsonIsRejectedWithTheReason) {
+  const std::string head = R"({"version": 1, "consumed_samples": 5, "seed": 7, "seq_len": 8, )";
+  const std::string good = head + R"("sources": [{"path": "a", "num_tokens": 100, "weight": 1.0}]})";
+  ASSERT_TRUE(DataLoaderState::FromJson(good).ok());
+  struct Case {
+    std::string json;
+    std::string fragment;
+  };
+  const Case cases[] = {
+      {good + std::string("\0junk", 5), "data loader state: invalid JSON: NUL byte at offset"},
+      {std::string(100000, '[') + std::string(100000, ']'),
+       "data loader state: JSON nested deeper than 64 levels"},
+      {head + R"("seed": 8, "sources": []})", "data loader state: duplicate key \"seed\" in (root)"},
+      {head + R"("sources": [{"path": "a", "path": "b", "num_tokens": 1, "weight": 1}]})",
+       "duplicate key \"path\" in sources[0]"},
+      {R"({"version": 1, "consumed_samples": 18446744073709551615, "seed": 1, "seq_len": 2,)"
+       R"( "sources": []})",
+       "\"consumed_samples\" must be an integer >= 0, got 18446744073709551615"},
+      {R"({"version": 1, "consumed_samples": 0, "seed": -1, "seq_len": 2, "sources": []})",
+       "\"seed\" must be a non-negative integer, got -1"},
+      {R"({"version": 1, "consumed_samples": 0, "seed": 1, "seq_len": 0, "sources": []})",
+       "\"seq_len\" must be an integer >= 1, got 0"},
+      {head + R"("sources": [{"path": "a", "num_tokens": -4, "weight": 1.0}]})",
+       "sources[0]: \"num_tokens\" must be an integer >= 0, got -4"},
+      {head + R"("sources": [{"path": "a", "num_tokens": 4, "weight": 0}]})",
+       "sources[0]: weight 0 must be finite and > 0"},
+      {"[1, 2]", "data loader state: not a JSON object but [1,2]"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.fragment);
+    auto r = DataLoaderState::FromJson(c.json);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(r.status().message(), HasSubstr(c.fragment));
+    EXPECT_LT(r.status().message().size(), 300u);
+  }
+}
+
 TEST_F(DatasetTest, BlendFractionsTrackWeights) {
   auto a = Counting("a", {300});
   auto b = Counting("b", {300}, 1000);

@@ -191,8 +191,11 @@ TEST_F(TokenFileTest, WriterRejectsBadTokensAndOptions) {
   EXPECT_THAT(s.message(), HasSubstr("int8"));
   EXPECT_EQ(MegatronDatasetWriter::Create(Path("z"), {.vocab_size = 0}).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(MegatronDatasetWriter::Create(Path("no/such/dir/x"), {.vocab_size = 10}).status().code(),
-            absl::StatusCode::kPermissionDenied);
+  // runtime/io/output_file.h: a missing directory is NotFound, and the message names it.
+  const absl::Status missing =
+      MegatronDatasetWriter::Create(Path("no/such/dir/x"), {.vocab_size = 10}).status();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.message(), HasSubstr("no/such/dir' does not exist"));
 }
 
 TEST_F(TokenFileTest, WriterWithoutFinalizeLeavesNothing) {
@@ -582,6 +585,138 @@ TEST_F(MegatronCorruptionTest, MutatedIndexNeverCrashes) {
   RecordProperty("rejected", rejected);
   EXPECT_GT(rejected, 3000);  // the mutations almost always break something ...
   EXPECT_GT(opened, 0);       // ... but some land in tokens-neutral places (e.g. dtype 4 -> 1)
+}
+
+// The .bin must hold exactly what the .idx describes: extra bytes at the end (an appended or
+// mismatched .bin) are an error naming both files, not silently unread.
+TEST_F(MegatronCorruptionTest, BinLongerThanTheIndexDescribes) {
+  std::vector<uint8_t> bin = ReadBytes(prefix_ + ".bin");
+  ASSERT_EQ(bin.size(), 24u);
+  bin.resize(28, 0);
+  WriteBytes(prefix_ + ".bin", bin);
+  const absl::Status s = OpenTokenSource(prefix_).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
+  EXPECT_THAT(s.message(), HasSubstr(prefix_ + ".bin: 28 bytes, but its index " + prefix_ +
+                                     ".idx describes 24 (6 tokens of int32): 4 bytes at the end "
+                                     "belong to no sequence"));
+}
+
+TEST_F(MegatronCorruptionTest, FirstSequenceMustStartAtByteZero) {
+  // Every pointer moved 4 bytes on, and the .bin 4 bytes longer at the front.
+  std::vector<uint8_t> bin = ReadBytes(prefix_ + ".bin");
+  bin.insert(bin.begin(), 4, 0);
+  WriteBytes(prefix_ + ".bin", bin);
+  auto b = idx_;
+  PutAt<int64_t>(b, kPointers + 0, 4);
+  PutAt<int64_t>(b, kPointers + 8, 12);
+  PutAt<int64_t>(b, kPointers + 16, 24);
+  ExpectError(b, absl::StatusCode::kDataLoss, "sequence 0 starts at byte 4 of " + prefix_ + ".bin");
+}
+
+// An .idx whose dtype code does not match the item size of its .bin (the 6 int32 tokens of the
+// fixture are 24 bytes): named as such, rather than as the symptom (a sequence past the end).
+TEST_F(MegatronCorruptionTest, DTypeCodeThatDisagreesWithTheBinSize) {
+  auto b = idx_;
+  b[17] = 1;  // uint8: 6 bytes, the .bin has 24
+  ExpectError(b, absl::StatusCode::kDataLoss,
+              "dtype code 1 (uint8, 1 bytes) disagrees with " + prefix_ +
+                  ".bin: its 24 bytes hold the 6 tokens of the index only at 4 bytes per token");
+  b[17] = 5;  // int64: 48 bytes
+  ExpectError(b, absl::StatusCode::kDataLoss, "dtype code 5 (int64, 8 bytes) disagrees with");
+  b[17] = 8;  // uint16: 12 bytes
+  ExpectError(b, absl::StatusCode::kDataLoss, "only at 4 bytes per token");
+}
+
+// ---- Format detection ---------------------------------------------------------------------------
+
+// nanoGPT tokens of GPT-2 (< 50257), enough to pass the 1024-byte llm.c header size.
+std::vector<uint8_t> RawGpt2Tokens(int n) {
+  std::vector<uint8_t> b;
+  for (int i = 0; i < n; ++i) Put(b, static_cast<uint16_t>((i * 7919) % 50257));
+  return b;
+}
+
+TEST_F(TokenFileTest, DamagedLlmcHeaderIsNotReadAsRawTokens) {
+  const std::vector<uint32_t> tokens = {50256, 10, 11, 50256, 12, 13};
+  struct Case {
+    int32_t magic;
+    int32_t version;
+    int32_t ntok;
+    const char* fragment;
+  };
+  const Case cases[] = {
+      {20240520 ^ 0x10, 1, 6, "magic 20240536 is 1 bit off 20240520"},
+      {20240801 ^ 0x30000, 7, 6, "magic 20437409 is 2 bits off 20240801"},
+      {20240615, 1, 6, "magic 20240615 is a 2024 date like the llm.c magics"},
+      {0, 1, 6, "magic 0, but version 1 and 6 tokens of 2 bytes match the file size"},
+      {-1, 7, 3, "magic -1, but version 7 and 3 tokens of 4 bytes match the file size"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.fragment);
+    WriteBytes(Path("shard.bin"), LlmcShard(c.magic, c.version, c.ntok, tokens, 2));
+    auto src = OpenTokenSource(Path("shard.bin"));
+    ASSERT_FALSE(src.ok());
+    EXPECT_EQ(src.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(src.status().message(),
+                HasSubstr(Path("shard.bin") + ": not read as raw nanoGPT tokens: its header "
+                                              "looks like a damaged llm.c header ("));
+    EXPECT_THAT(src.status().message(), HasSubstr(c.fragment));
+  }
+  // Asked for explicitly, the same bytes read as nanoGPT.
+  WriteBytes(Path("shard.bin"), LlmcShard(20240520 ^ 0x10, 1, 6, tokens, 2));
+  auto forced = OpenTokenSource(Path("shard.bin"), {.format = TokenFileFormat::kNanoGpt});
+  ASSERT_TRUE(forced.ok()) << forced.status();
+  EXPECT_EQ((*forced)->detection(), "format given by the caller");
+}
+
+TEST_F(TokenFileTest, DetectionIsReported) {
+  WriteBytes(Path("raw.bin"), RawGpt2Tokens(2000));
+  auto raw = OpenTokenSource(Path("raw.bin"));
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  EXPECT_EQ((*raw)->format(), TokenFileFormat::kNanoGpt);
+  EXPECT_EQ((*raw)->Describe(),
+            Path("raw.bin") + ": nanogpt, uint16, 2000 tokens (auto-detected: nanoGPT raw uint16 "
+                              "(no .idx beside it, no llm.c header, not .txt))");
+
+  WriteBytes(Path("v1.bin"), LlmcShard(20240520, 1, 2, {1, 2}, 2));
+  auto llmc = OpenTokenSource(Path("v1.bin"));
+  ASSERT_TRUE(llmc.ok()) << llmc.status();
+  EXPECT_EQ((*llmc)->Describe(), Path("v1.bin") + ": llm.c, uint16, 2 tokens (auto-detected: "
+                                                  "llm.c magic 20240520, version 1)");
+
+  auto w = MegatronDatasetWriter::Create(Path("m"), {.vocab_size = 10});
+  ASSERT_TRUE(w.ok());
+  ASSERT_TRUE((*w)->AddDocument(std::vector<int32_t>{1, 2, 3}).ok());
+  ASSERT_TRUE((*w)->Finalize().ok());
+  for (const std::string& given : {Path("m"), Path("m.bin"), Path("m.idx")}) {
+    auto m = OpenTokenSource(given);
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ((*m)->detection(), "auto-detected: Megatron index " + Path("m") + ".idx") << given;
+  }
+  // A view over documents reports the detection of its file.
+  auto base = OpenTokenSource(Path("m"));
+  ASSERT_TRUE(base.ok());
+  auto range = DocumentRange(std::shared_ptr<const TokenSource>(std::move(*base)), 0, 1);
+  ASSERT_TRUE(range.ok()) << range.status();
+  EXPECT_EQ((*range)->detection(), "auto-detected: Megatron index " + Path("m") + ".idx");
+
+  WriteBytes(Path("t.txt"), {'h', 'i'});
+  auto text = OpenTokenSource(Path("t.txt"));
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ((*text)->detection(), "auto-detected: .txt, read as byte tokens");
+}
+
+TEST_F(TokenFileTest, FilesThatAreNotTokenDataAreRefused) {
+  for (const char* name : {"docs.jsonl", "tokenizer.json", "w.safetensors", "data.parquet",
+                           "corpus.txt.gz", "arr.npy"}) {
+    SCOPED_TRACE(name);
+    WriteBytes(Path(name), RawGpt2Tokens(600));
+    auto src = OpenTokenSource(Path(name));
+    ASSERT_FALSE(src.ok());
+    EXPECT_EQ(src.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(src.status().message(), HasSubstr(Path(name) + ": a ."));
+    EXPECT_THAT(src.status().message(), HasSubstr("file is not token data"));
+  }
 }
 
 // ---- Document ranges ----------------------------------------------------------------------------

@@ -302,11 +302,19 @@ TEST(SafetensorsTest, RejectsEveryCorruption) {
       {"absurd_length", U64Le(uint64_t{1} << 40) + "{}", "is absurd"},
       {"not_object", MakeFile("[1, 2]", ""), "the header does not start with '{'"},
       {"zero_length", MakeFile("", ""), "the header does not start with '{'"},
-      {"bad_json", MakeFile("{\"a\": ", ""), "header is not valid JSON"},
-      {"trailing_garbage", MakeFile("{} x", ""), "header is not valid JSON"},
-      {"bad_utf8", MakeFile("{\"\xff\": 1}", ""), "header is not valid JSON"},
+      {"bad_json", MakeFile("{\"a\": ", ""), "header: invalid JSON: parse error"},
+      {"trailing_garbage", MakeFile("{} x", ""), "header: invalid JSON: parse error"},
+      {"bad_utf8", MakeFile("{\"\xff\": 1}", ""), "header: invalid JSON: parse error"},
       {"deep", MakeFile("{\"a\":" + std::string(40, '[') + std::string(40, ']') + "}", ""),
-       "nests deeper than 16 levels"},
+       "header: JSON nested deeper than 16 levels at a[0]"},
+      // Found by fuzzing: nlohmann's lexer takes a NUL for the end of the input, so the JSON
+      // parsed and the junk after it was ignored. The reference reader rejects it.
+      {"nul_then_junk", MakeFile(R"({"a":)" + ok_a + "}" + std::string("\0junk", 5), buf8),
+       "the 59-byte header has a NUL byte at offset 54 (after the JSON only spaces may pad it)"},
+      {"nul_padding", MakeFile(R"({"a":)" + ok_a + "}" + std::string(3, '\0'), buf8),
+       "has a NUL byte at offset 54"},
+      {"nul_inside_string", MakeFile(std::string("{\"a\0b\":1}", 9), ""),
+       "has a NUL byte at offset 3"},
       {"entry_not_object", MakeFile(R"({"a": 1})", ""), "tensor 'a': entry is a JSON number"},
       {"no_dtype", MakeFile(R"({"a":{"shape":[2],"data_offsets":[0,8]}})", buf8),
        "tensor 'a': entry has no \"dtype\""},
@@ -362,10 +370,10 @@ TEST(SafetensorsTest, RejectsEveryCorruption) {
       {"duplicate_tensor",
        MakeFile(R"({"a":)" + ok_a + R"(,"a":)" + Entry("F32", "[2]", "[8,16]") + "}",
                 std::string(16, '\0')),
-       "duplicate key 'a' in the header"},
+       "header: duplicate key \"a\" in (root)"},
       {"duplicate_field",
        MakeFile(R"({"a":{"dtype":"F32","dtype":"F16","shape":[2],"data_offsets":[0,8]}})", buf8),
-       "duplicate key 'dtype' in the header"},
+       "header: duplicate key \"dtype\" in a"},
       {"metadata_not_strings",
        MakeFile(R"({"__metadata__":{"step":12},"a":)" + ok_a + "}", buf8),
        "__metadata__ must map strings to strings; 'step' is a number"},
@@ -400,6 +408,67 @@ TEST(SafetensorsTest, AcceptsWhatTheFormatAllows) {
   absl::StatusOr<Tensor> e = (*f)->Read("e");
   ASSERT_TRUE(e.ok());
   EXPECT_EQ(e->numel(), 0);
+
+  // Whitespace after the JSON pads the header (the writer pads with spaces to align the
+  // buffer; the reference reader also accepts tabs and newlines there).
+  for (const std::string pad : {"  ", "       ", " \t\n\r"}) {
+    WriteBytes(path, MakeFile(header + pad, std::string(12, '\0')));
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> padded = SafetensorsFile::Open(path);
+    EXPECT_TRUE(padded.ok()) << padded.status();
+  }
+}
+
+// Found by safetensors_fuzz: a U32 tensor read into I32 cast values >= 2^31 (undefined
+// behaviour); now the value is an error naming the file and the tensor.
+TEST(SafetensorsTest, ReadIntoRefusesIntegersOutsideTheDestination) {
+  Tensor u = Tensor::Zeros({2}, DType::kU32);
+  u.data<uint32_t>()[1] = 3000000000u;
+  const std::string path = TempPath("u32.safetensors");
+  ASSERT_TRUE(WriteSafetensors(path, {{"ids", u}}).ok());
+  auto f = SafetensorsFile::Open(path);
+  ASSERT_TRUE(f.ok());
+  const absl::Status s = (*f)->ReadInto("ids", Tensor::Zeros({2}, DType::kI32));
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr(path + ": tensor 'ids': cannot convert"));
+  EXPECT_THAT(s.message(), HasSubstr("element 1 = 3000000000 is outside the range of i32"));
+}
+
+// Names and strings from the header appear in messages cut short, whatever their length.
+TEST(SafetensorsTest, LongNamesAreCutInMessages) {
+  const std::string name(100000, 'n');
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> f = OpenBytes(
+      MakeFile(R"({")" + name + R"(":)" + Entry("F32", "[3]", "[0,8]") + "}", std::string(8, '\0')));
+  ASSERT_FALSE(f.ok());
+  EXPECT_THAT(f.status().message(), HasSubstr("tensor '" + std::string(117, 'n') + "...': shape [3]"));
+  EXPECT_LT(f.status().message().size(), 400u);
+  f = OpenBytes(MakeFile(R"({"a":)" + Entry(std::string(100000, 'D'), "[2]", "[0,8]") + "}",
+                         std::string(8, '\0')));
+  ASSERT_FALSE(f.ok());
+  EXPECT_LT(f.status().message().size(), 400u);
+  f = OpenBytes(MakeFile(R"({"a":)" + Entry("F32", "[2]", "[0,8]") + R"(,"__metadata__":{")" +
+                             name + R"(":1}})",
+                         std::string(8, '\0')));
+  ASSERT_FALSE(f.ok());
+  EXPECT_LT(f.status().message().size(), 400u);
+}
+
+// The crash input of GitHub issue 8: a header nested 100,000 deep used to be parsed in full
+// (and any dump of it recursed once per level). Now the parse stops at the depth limit.
+TEST(SafetensorsTest, DeeplyNestedHeaderIsRejectedAtTheDepthLimit) {
+  constexpr int kDepth = 100000;
+  for (const std::string& open : {std::string("["), std::string("{\"k\":")}) {
+    SCOPED_TRACE(open);
+    std::string nested;
+    for (int i = 0; i < kDepth; ++i) nested += open;
+    const std::string close = open == "[" ? "]" : "}";
+    for (int i = 0; i < kDepth; ++i) nested += close;
+    const std::string header = R"({"w":{"dtype":"F32","shape":)" + nested + R"(,"data_offsets":[0,0]}})";
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> f = OpenBytes(MakeFile(header, ""));
+    ASSERT_FALSE(f.ok());
+    EXPECT_EQ(f.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(f.status().message(), HasSubstr("header: JSON nested deeper than 16 levels at w.shape"));
+    EXPECT_LT(f.status().message().size(), 600u);  // the message is not a dump of the input
+  }
 }
 
 std::string ValidFileBytes() {

@@ -1,5 +1,6 @@
 #include "runtime/text/tokenizer.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -402,6 +403,69 @@ TEST(TokenizerErrorTest, ClearErrors) {
   ExpectError(unknown_key, absl::StatusCode::kInvalidArgument, "model.dropin");
   auto missing = Tokenizer::FromFile("/nonexistent/tokenizer.json");
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+}
+
+// A key given twice in any object is an error naming the key and the object: nlohmann would
+// keep the last value, `tokenizers` another, and the two would encode differently.
+TEST(TokenizerErrorTest, DuplicateKeysAreErrors) {
+  const std::string good = MakeJson({"ab"}, {{"a", "b"}}, true);
+  std::string vocab = good;
+  vocab.replace(vocab.find("\"ab\": 256"), 9, "\"ab\": 256, \"ab\": 257");
+  ExpectError(vocab, absl::StatusCode::kDataLoss, "duplicate key \"ab\" in model.vocab");
+  std::string top = good;
+  top.replace(top.find("\"padding\": null"), 15, "\"padding\": null, \"padding\": null");
+  ExpectError(top, absl::StatusCode::kDataLoss, "duplicate key \"padding\" in (root)");
+  std::string model = good;
+  model.replace(model.find("\"dropout\": null"), 15, "\"dropout\": null, \"dropout\": 0.5");
+  ExpectError(model, absl::StatusCode::kDataLoss, "duplicate key \"dropout\" in model");
+}
+
+// The crash inputs of GitHub issue 8: tokenizer.json nested 100,000 deep under normalizer,
+// model.vocab and model.merges overflowed the stack (a recursive dump for the error message).
+// The parse now stops at the depth limit, and the message is short.
+TEST(TokenizerErrorTest, DeepNestingStopsAtTheDepthLimit) {
+  constexpr int kDepth = 100000;
+  const std::string deep = std::string(kDepth, '[') + std::string(kDepth, ']');
+  const std::string good = MakeJson({"ab"}, {{"a", "b"}}, true);
+  struct Case {
+    std::string json;
+    std::string where;
+  };
+  std::string normalizer = good;
+  normalizer.replace(normalizer.find("\"normalizer\": null"), 18, "\"normalizer\": " + deep);
+  std::string vocab = good;
+  vocab.replace(vocab.find("\"ab\": 256"), 9, "\"ab\": " + deep);
+  std::string merges = good;
+  merges.replace(merges.find("\"merges\": ["), 11, "\"merges\": [" + deep + ", ");
+  const Case cases[] = {{normalizer, "at normalizer[0][0]"},
+                        {vocab, "at model.vocab.ab[0]"},
+                        {merges, "at model.merges[0][0]"}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.where);
+    auto tok = Tokenizer::FromJson(c.json, "deep.json");
+    ASSERT_FALSE(tok.ok());
+    EXPECT_EQ(tok.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(tok.status().message(),
+                testing::HasSubstr("deep.json: not valid tokenizer JSON: JSON nested deeper "
+                                   "than 64 levels " + c.where));
+    EXPECT_LT(tok.status().message().size(), 400u);
+  }
+  // Within the limit the structure is parsed and rejected by the tokenizer's own checks, with a
+  // value cut to a short snippet.
+  const std::string nested60 = std::string(60, '[') + std::string(60, ']');
+  normalizer = good;
+  normalizer.replace(normalizer.find("\"normalizer\": null"), 18, "\"normalizer\": " + nested60);
+  auto tok = Tokenizer::FromJson(normalizer, "n.json");
+  ASSERT_FALSE(tok.ok());
+  EXPECT_THAT(tok.status().message(), testing::HasSubstr("n.json: normalizer: unsupported value [[[["));
+  EXPECT_LT(tok.status().message().size(), 250u);
+}
+
+TEST(TokenizerErrorTest, NulByteIsAnError) {
+  // nlohmann stops at a NUL as if the input ended there; JSON text never holds one.
+  const std::string good = MakeJson({"ab"}, {{"a", "b"}}, true);
+  ExpectError(good + std::string("\0junk", 5), absl::StatusCode::kDataLoss,
+              absl::StrCat("NUL byte at offset ", good.size()));
 }
 
 // Mutates a valid file thousands of times: every result is an error or a working tokenizer.

@@ -1,0 +1,32 @@
+// Fuzzes the checkpointed data-loader state (DataLoaderState::FromJson, runtime/data/dataset.h).
+// What parses must round-trip through ToJson() to the same state.
+#include <cstdint>
+
+#include "absl/strings/string_view.h"
+#include "runtime/data/dataset.h"
+
+namespace {
+void Check(bool ok) {
+  if (!ok) __builtin_trap();
+}
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace lattice;
+  const absl::string_view json(reinterpret_cast<const char*>(data), size);
+  absl::StatusOr<DataLoaderState> state = DataLoaderState::FromJson(json);
+  if (!state.ok()) {
+    Check(state.status().code() == absl::StatusCode::kInvalidArgument);
+    return 0;
+  }
+  absl::StatusOr<DataLoaderState> back = DataLoaderState::FromJson(state->ToJson());
+  Check(back.ok());
+  Check(back->consumed_samples == state->consumed_samples && back->seed == state->seed &&
+        back->seq_len == state->seq_len && back->sources.size() == state->sources.size());
+  for (size_t i = 0; i < state->sources.size(); ++i) {
+    Check(back->sources[i].path == state->sources[i].path &&
+          back->sources[i].num_tokens == state->sources[i].num_tokens &&
+          back->sources[i].weight == state->sources[i].weight);
+  }
+  return 0;
+}
