@@ -211,7 +211,7 @@ class ParallelEngine {
   int micro_batches_ = 1;
   int vpp_ = 1;
   // tp == pp == 1: no gradient syncs precede the data-parallel reduction, so it is overlapped
-  // with the last micro-batch's backward pass (bucket by bucket, as DataParallelEngine).
+  // with the last micro-batch's backward pass (bucket by bucket).
   bool overlap_dp_ = false;
   EngineOptions options_;
   BucketLayout layout_;

@@ -10,6 +10,7 @@
 #
 #   scripts/numeric-matrix.sh [BUILD_DIR]     (default: build; after scripts/run-tests.sh)
 #   LATTICE_MATRIX_CORETYPES="Haswell Zen" LATTICE_MATRIX_THREADS="1" scripts/numeric-matrix.sh
+#   LATTICE_MATRIX_SKIP_DEFAULT=1 ...   skip (default kernels, 1 thread): the plain suite ran it
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${1:-${LATTICE_BUILD_DIR:-$ROOT/build}}"
@@ -23,6 +24,9 @@ summary=()
 for core in $CORETYPES; do
   for threads in $THREADS; do
     label="OPENBLAS_CORETYPE=${core} threads=${threads}"
+    if [ "${LATTICE_MATRIX_SKIP_DEFAULT:-0}" = "1" ] && [ "$core" = default ] && [ "$threads" = 1 ]; then
+      continue
+    fi
     start=$(date +%s)
     env_core=()
     if [ "$core" != "default" ]; then env_core=(OPENBLAS_CORETYPE="$core"); fi

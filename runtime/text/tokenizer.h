@@ -4,7 +4,7 @@
 // Ids are exactly those the `tokenizers` library produces for the same file and text with
 // `encode(text, add_special_tokens=False)`: the post-processor (a template that adds BOS, say) is
 // not applied; callers add document separators themselves. Decode equals `tokenizers`'
-// `decode(ids, skip_special_tokens=False)`. runtime/tokenizer.cc lists what is supported.
+// `decode(ids, skip_special_tokens=False)`. runtime/text/tokenizer.cc lists what is supported.
 #ifndef LATTICE_RUNTIME_TEXT_TOKENIZER_H_
 #define LATTICE_RUNTIME_TEXT_TOKENIZER_H_
 

@@ -46,6 +46,14 @@ ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIR
 failures = []
 
 
+# What a sanitizer build or a crash leaves on stderr: an expected failure must be a clean one.
+CRASH_MARKS = ("Sanitizer", "runtime error:", "Segmentation fault", "terminate called")
+
+
+def clean(output):
+    return not any(m in output for m in CRASH_MARKS)
+
+
 def check(label, ok, detail=""):
     print(("[ok] " if ok else "[FAIL] ") + label + ("" if ok else "\n  " + detail))
     if not ok:
@@ -149,7 +157,8 @@ def main():
                "--set", "train.metrics_file=/nonexistent-dir/metrics.jsonl"]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=ENV)
-            check("a failing rank ends the job non-zero", r.returncode != 0, r.stdout + r.stderr)
+            check("a failing rank ends the job non-zero, without a crash",
+                  r.returncode != 0 and clean(r.stdout + r.stderr), r.stdout + r.stderr)
             check("the error names the rank and the file",
                   "rank 0" in r.stderr and "/nonexistent-dir/metrics.jsonl" in r.stderr, r.stderr)
         except subprocess.TimeoutExpired:
@@ -161,7 +170,8 @@ def main():
                "--set", "parallel.tp=3"]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=ENV)
         check("tp=3 with 4 heads fails naming the numbers",
-              r.returncode != 0 and "parallel.tp=3" in r.stderr and "iteration" not in r.stdout,
+              r.returncode != 0 and "parallel.tp=3" in r.stderr and "iteration" not in r.stdout
+              and clean(r.stdout + r.stderr),
               r.stdout + r.stderr)
     print("FAILED: " + ", ".join(failures) if failures else "all checks passed")
     return 1 if failures else 0

@@ -34,6 +34,7 @@
 #include "parallel/engine.h"
 #include "runtime/config.h"
 #include "tests/parallel/adam_drift.h"
+#include "tests/parallel/engine_testing.h"
 #include "tests/parallel/mpi_harness.h"
 
 namespace lattice {
@@ -42,6 +43,8 @@ namespace {
 using ::testing::HasSubstr;
 using lattice::testing::AdamDriftBound;
 using lattice::testing::FreshWorld;
+using lattice::testing::Gathered;
+using lattice::testing::GradientsAt;
 using lattice::testing::NamedTensors;
 using lattice::testing::RelativeDifference;
 
@@ -178,36 +181,16 @@ bool ReplicasIdentical(Communicator& comm, const ParameterSet& ps) {
   return same == 1;
 }
 
-NamedTensors GatherOwnGradients(ParallelEngine& engine) {
-  absl::StatusOr<NamedTensors> g = engine.GatherGradients();
-  EXPECT_TRUE(g.ok()) << g.status();
-  return g.ok() ? std::move(g).value() : NamedTensors();
-}
-
-// The engine's gradients at `weights` (then its own weights are restored) within kTol of
-// `want`, the reference's at the same weights; the worst relative difference.
+// The engine's gradients at `weights` within kTol of `want`, the reference's at the same
+// weights; the worst relative difference.
 double CheckGradientsAt(ParallelEngine& engine, const NamedTensors& weights,
                         const std::vector<TokenBatch>& batches, const NamedTensors& want) {
-  Decoder& model = engine.model();
-  const Tensor own = model.params().flat_values().Clone();
-  absl::Status loaded = engine.LoadParameters([&](const std::string& name) -> const Tensor* {
-    for (const auto& [n, t] : weights) {
-      if (n == name) return &t;
-    }
-    return nullptr;
-  });
-  EXPECT_TRUE(loaded.ok()) << loaded;
-  absl::StatusOr<EngineStepResult> r = engine.ComputeGradients(batches);
-  EXPECT_TRUE(r.ok()) << r.status();
-  absl::StatusOr<NamedTensors> got = engine.GatherGradients();
-  std::memcpy(model.params().flat_values().raw(), own.raw(), own.nbytes());
-  EXPECT_TRUE(got.ok()) << got.status();
-  if (!got.ok()) return 1;
-  EXPECT_EQ(got->size(), want.size());
+  const NamedTensors got = GradientsAt(engine, weights, batches);
+  EXPECT_EQ(got.size(), want.size());
   double worst = 0;
-  for (size_t i = 0; i < std::min(got->size(), want.size()); ++i) {
-    EXPECT_EQ((*got)[i].first, want[i].first);
-    const double e = RelativeDifference((*got)[i].second, want[i].second);
+  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+    EXPECT_EQ(got[i].first, want[i].first);
+    const double e = RelativeDifference(got[i].second, want[i].second);
     EXPECT_LE(e, kTol) << "gradient of " << want[i].first;
     worst = std::max(worst, e);
   }
@@ -281,7 +264,7 @@ TEST_P(DataParallelMatchesTrainer, FiveSteps) {
     EXPECT_LE(RelDiff(got->loss, want_step.loss), kTol) << got->loss << " vs " << want_step.loss;
     EXPECT_LE(RelDiff(got->grad_norm, want_step.norm), kTol)
         << got->grad_norm << " vs " << want_step.norm;
-    replay.Step(GatherOwnGradients(**engine), got->clip, lr, /*tol=*/0);
+    replay.Step(Gathered((*engine)->GatherGradients()), got->clip, lr, /*tol=*/0);
     EXPECT_EQ(got->bytes, want) << got->bytes.ToString() << " vs " << want.ToString();
     EXPECT_EQ(got->bytes, (*engine)->ExpectedStepVolume(batches, false));
     EXPECT_EQ(got->buckets, nb);
@@ -380,7 +363,7 @@ TEST(DataParallelSkip, NonFiniteLossOnOneRankSkipsEverywhere) {
             << "a skipped step changed parameters";
       } else {
         EXPECT_LE(RelDiff(got->loss, want.loss), kTol);
-        replay.Step(GatherOwnGradients(**engine), got->clip, lr, /*tol=*/0);
+        replay.Step(Gathered((*engine)->GatherGradients()), got->clip, lr, /*tol=*/0);
       }
       EXPECT_EQ((*engine)->iteration(), s + 1);
       EXPECT_EQ((*engine)->optimizer().step(), opt.step());

@@ -41,6 +41,7 @@
 #include "runtime/config.h"
 #include "runtime/system.h"
 #include "tests/parallel/adam_drift.h"
+#include "tests/parallel/engine_testing.h"
 #include "tests/parallel/mpi_harness.h"
 
 namespace lattice {
@@ -48,6 +49,8 @@ namespace {
 
 using lattice::testing::AdamDriftBound;
 using lattice::testing::FreshWorld;
+using lattice::testing::Gathered;
+using lattice::testing::GradientsAt;
 using lattice::testing::NamedTensors;
 using lattice::testing::RelativeDifference;
 using lattice::testing::World;
@@ -155,11 +158,6 @@ struct TrainRun {
   std::map<std::string, bool> decay;  // of the parameters this rank holds
 };
 
-NamedTensors Gather(absl::StatusOr<NamedTensors> t) {
-  EXPECT_TRUE(t.ok()) << t.status();
-  return t.ok() ? std::move(t).value() : NamedTensors();
-}
-
 // Trains kSteps on `world` with the config's layout, checking volume and in-flight bounds. With
 // `ref`, also computes before each step the gradients at the reference's weights of that step
 // (then restores its own weights).
@@ -174,28 +172,14 @@ TrainRun Train(const Config& base, Communicator& world, const TrainRun* ref = nu
   ParallelEngine& engine = **e;
   const ProcessGrid& g = engine.grid();
   for (const Parameter& p : engine.model().params().params()) run.decay[p.name] = p.weight_decay;
-  run.initial = Gather(engine.GatherParameters());
+  run.initial = Gathered(engine.GatherParameters());
   for (int step = 0; step < kSteps; ++step) {
     std::vector<TokenBatch> batches =
         LocalBatches(step * kGlobalBatch, g.dp_size(), g.dp_rank(), cfg.model.vocab_size,
                      cfg.train.micro_batch_size);
-    run.weights.push_back(Gather(engine.GatherParameters()));
-    if (ref != nullptr) {
-      // Teacher forcing: the same weights must give the same gradients.
-      const Tensor own = engine.model().params().flat_values().Clone();
-      const NamedTensors& w = ref->weights[step];
-      absl::Status loaded = engine.LoadParameters([&](const std::string& name) -> const Tensor* {
-        for (const auto& [n, t] : w) {
-          if (n == name) return &t;
-        }
-        return nullptr;
-      });
-      EXPECT_TRUE(loaded.ok()) << loaded;
-      absl::StatusOr<EngineStepResult> forced = engine.ComputeGradients(batches);
-      EXPECT_TRUE(forced.ok()) << forced.status();
-      run.forced_grads.push_back(Gather(engine.GatherGradients()));
-      std::memcpy(engine.model().params().flat_values().raw(), own.raw(), own.nbytes());
-    }
+    run.weights.push_back(Gathered(engine.GatherParameters()));
+    // Teacher forcing: at the reference's weights the same gradients must come out.
+    if (ref != nullptr) run.forced_grads.push_back(GradientsAt(engine, ref->weights[step], batches));
     const float lr = LearningRate(cfg.train, engine.iteration() + 1);
     absl::StatusOr<EngineStepResult> r = engine.Step(batches, lr);
     EXPECT_TRUE(r.ok()) << r.status();
@@ -205,7 +189,7 @@ TrainRun Train(const Config& base, Communicator& world, const TrainRun* ref = nu
     run.norms.push_back(r->grad_norm);
     run.clips.push_back(r->clip);
     run.lrs.push_back(lr);
-    run.grads.push_back(Gather(engine.GatherGradients()));
+    run.grads.push_back(Gathered(engine.GatherGradients()));
     // Communication volume: measured == analytic, per operation.
     const CommVolume expect = engine.ExpectedStepVolume(batches, r->skipped);
     EXPECT_EQ(r->bytes, expect) << "rank " << world.rank() << " step " << step
@@ -243,7 +227,7 @@ TrainRun Train(const Config& base, Communicator& world, const TrainRun* ref = nu
   } else {
     EXPECT_EQ(got.activations_peak, plan.activations_peak);
   }
-  run.params = Gather(engine.GatherParameters());
+  run.params = Gathered(engine.GatherParameters());
   return run;
 }
 

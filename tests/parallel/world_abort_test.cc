@@ -72,6 +72,13 @@ JobResult RunJob(int np, const std::string& env, const std::string& program_and_
   return r;
 }
 
+// An expected failure must be a clean one: no sanitizer report or crash in the ranks' output.
+void ExpectNoSanitizerReport(const std::string& output) {
+  for (const char* mark : {"Sanitizer", "runtime error:", "Segmentation fault"}) {
+    EXPECT_THAT(output, Not(HasSubstr(mark)));
+  }
+}
+
 // Rank 1 aborts at once while every other rank waits in a barrier that can never complete.
 TEST(WorldAbortTest, FailingRankEndsEveryRankAndNamesItself) {
   for (int np : {2, 4}) {
@@ -82,6 +89,7 @@ TEST(WorldAbortTest, FailingRankEndsEveryRankAndNamesItself) {
     EXPECT_LT(r.seconds, kBoundSeconds);
     EXPECT_THAT(r.output, HasSubstr("lattice: rank 1: shard 7 of train.bin is corrupt"));
     EXPECT_THAT(r.output, Not(HasSubstr("barrier returned")));
+    ExpectNoSanitizerReport(r.output);
   }
 }
 
@@ -100,6 +108,7 @@ TEST(WorldAbortTest, AgreedFailureReachesEveryRank) {
                                                  "train.bin is corrupt")));
   }
   EXPECT_THAT(r.output, HasSubstr("lattice: rank "));
+  ExpectNoSanitizerReport(r.output);
 }
 
 // Without a failure the helper job succeeds, so the exit codes above come from the failure.
@@ -122,6 +131,7 @@ TEST(WorldAbortTest, MpiTestHarnessFailsWhenOneRankFails) {
     EXPECT_THAT(fail.output, HasSubstr("[rank 2] [  FAILED  ] Harness.FailsOnRequestedRank"));
     EXPECT_THAT(fail.output, HasSubstr("failing on purpose"));
     EXPECT_THAT(fail.output, HasSubstr("FAILED on at least one rank"));
+    ExpectNoSanitizerReport(fail.output);
   }
   JobResult pass = RunJob(4, "", harness + " --gtest_filter=Harness.*");
   SCOPED_TRACE(pass.output);

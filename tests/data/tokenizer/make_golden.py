@@ -1,4 +1,4 @@
-"""Regenerates the golden files of tests/runtime/tokenizer_test.cc with Hugging Face `tokenizers`.
+"""Regenerates the golden files of tests/runtime/text/tokenizer_test.cc with Hugging Face `tokenizers`.
 
   .venv/bin/python tests/data/tokenizer/make_golden.py
 
