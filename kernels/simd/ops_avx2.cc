@@ -13,7 +13,7 @@
 #include "runtime/status.h"
 
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,bmi,bmi2,f16c")
+#pragma GCC target("avx2,fma")
 #define LATTICE_SIMD_NS avx2
 #define LATTICE_SIMD_LANES 8  // floats per vector register
 #define LATTICE_SIMD_LEVEL kAvx2

@@ -13,7 +13,7 @@
 #include "runtime/status.h"
 
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi,bmi2,f16c,prefer-vector-width=512")
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,prefer-vector-width=512")
 #define LATTICE_SIMD_NS avx512
 #define LATTICE_SIMD_LANES 16  // floats per vector register
 #define LATTICE_SIMD_LEVEL kAvx512
