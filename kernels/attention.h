@@ -18,6 +18,11 @@ void AttentionForward(float* out, float* lse, const float* qkv, int64_t b, int64
 // lse.
 void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const float* out,
                        const float* lse, int64_t b, int64_t t, int64_t h, int64_t kvh, int64_t d);
+// As AttentionBackward, but dqkv = the gradient, written over dqkv (every element): for a
+// caller's scratch gradient, which then needs no zeroing pass (kernels/README.md).
+void AttentionBackwardTo(float* dqkv, const float* dout, const float* qkv, const float* out,
+                         const float* lse, int64_t b, int64_t t, int64_t h, int64_t kvh,
+                         int64_t d);
 
 // One decoding step against a KV cache (generation). q (H*D) is the new token's query;
 // k_cache, v_cache (T_ctx, KVH, D) hold positions [0, len) including the new token.

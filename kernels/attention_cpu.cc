@@ -31,7 +31,19 @@ void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const f
                         2.5 * CausalFlops(b, t, h, d));
   LATTICE_CHECK_MSG(kvh > 0 && h % kvh == 0, "attention heads must be a multiple of kv heads");
   if (b <= 0 || t <= 0 || h <= 0 || d <= 0) return;
-  internal::Simd().attention_backward(dqkv, dout, qkv, out, lse, b, t, h, kvh, d);
+  internal::Simd().attention_backward(dqkv, dout, qkv, out, lse, b, t, h, kvh, d,
+                                      /*accumulate=*/true);
+}
+
+void AttentionBackwardTo(float* dqkv, const float* dout, const float* qkv, const float* out,
+                         const float* lse, int64_t b, int64_t t, int64_t h, int64_t kvh,
+                         int64_t d) {
+  profiler::Scope scope("attention.bwd", profiler::Category::kAttention,
+                        2.5 * CausalFlops(b, t, h, d));
+  LATTICE_CHECK_MSG(kvh > 0 && h % kvh == 0, "attention heads must be a multiple of kv heads");
+  if (b <= 0 || t <= 0 || h <= 0 || d <= 0) return;
+  internal::Simd().attention_backward(dqkv, dout, qkv, out, lse, b, t, h, kvh, d,
+                                      /*accumulate=*/false);
 }
 
 void AttentionDecode(float* out, const float* q, const float* k_cache, const float* v_cache,

@@ -1,4 +1,3 @@
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -6,6 +5,7 @@
 #include <vector>
 
 #include "kernels/matmul.h"
+#include "kernels/gemm_cpu.h"
 #include "kernels/math_cpu.h"
 #include "kernels/simd.h"
 #include "runtime/profiler.h"
@@ -44,24 +44,24 @@ void ForwardBlock(float* out, int64_t ldo, const float* inp, const float* weight
   if (bias != nullptr) {
     for (int64_t i = 0; i < rows; ++i) std::copy(bias, bias + cols, out + i * ldo);
   }
-  // With beta = 0 OpenBLAS stores the product without reading out (NaN-poisoned buffers are
+  // With beta = 0 the product is stored without reading out (NaN-poisoned buffers are
   // overwritten; tested).
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, cols, c, 1.0f, inp, c, weight, c,
-              bias != nullptr ? 1.0f : 0.0f, out, ldo);
+  internal::Sgemm(false, true, rows, cols, c, 1.0f, inp, c, weight, c,
+                  bias != nullptr ? 1.0f : 0.0f, out, ldo);
 }
 
-// dinp rows [r0, r1) += dout rows @ weight.
+// dinp rows [r0, r1) = beta dinp rows + dout rows @ weight (beta 1: accumulate, 0: write).
 void BackwardInputRows(float* dinp, const float* dout, const float* weight, int64_t r0,
-                       int64_t r1, int64_t c, int64_t oc) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, c, oc, 1.0f, dout + r0 * oc,
-              oc, weight, c, 1.0f, dinp + r0 * c, c);
+                       int64_t r1, int64_t c, int64_t oc, float beta) {
+  internal::Sgemm(false, false, r1 - r0, c, oc, 1.0f, dout + r0 * oc, oc, weight, c, beta,
+                  dinp + r0 * c, c);
 }
 
 // dweight rows [o0, o1) += dout[:, o0:o1]^T @ inp.
 void BackwardWeightRows(float* dweight, const float* dout, const float* inp, int64_t o0,
                         int64_t o1, int64_t n, int64_t c, int64_t oc) {
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, o1 - o0, c, n, 1.0f, dout + o0, oc, inp,
-              c, 1.0f, dweight + o0 * c, c);
+  internal::Sgemm(true, false, o1 - o0, c, n, 1.0f, dout + o0, oc, inp, c, 1.0f,
+                  dweight + o0 * c, c);
 }
 
 }  // namespace
@@ -103,9 +103,17 @@ void MatmulForward(float* out, const float* inp, const float* weight, const floa
   }
 }
 
-void MatmulBackward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
-                    const float* weight, int64_t n, int64_t c, int64_t oc) {
-  if (n <= 0 || oc <= 0) return;
+namespace {
+
+void Backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+              const float* weight, int64_t n, int64_t c, int64_t oc, bool accumulate) {
+  if (n <= 0) return;
+  if (oc <= 0) {
+    // An empty product: nothing to add, or zeros to write.
+    if (!accumulate && dinp != nullptr) std::fill(dinp, dinp + n * c, 0.0f);
+    return;
+  }
+  const float beta = accumulate ? 1.0f : 0.0f;
   const bool want_dinp = dinp != nullptr && c > 0;
   const bool want_dweight = dweight != nullptr && c > 0;
   // Both products cost 2 N C OC: with two of them, half the threads take each (split by rows
@@ -122,7 +130,7 @@ void MatmulBackward(float* dinp, float* dweight, float* dbias, const float* dout
     for (int part = 0; part < parts; ++part) {
       if (part < half) {
         BackwardInputRows(dinp, dout, weight, BlockBegin(n, half, part),
-                          BlockBegin(n, half, part + 1), c, oc);
+                          BlockBegin(n, half, part + 1), c, oc, beta);
       } else {
         BackwardWeightRows(dweight, dout, inp, BlockBegin(oc, half, part - half),
                            BlockBegin(oc, half, part - half + 1), n, c, oc);
@@ -131,7 +139,7 @@ void MatmulBackward(float* dinp, float* dweight, float* dbias, const float* dout
   } else {
     if (want_dinp) {
       profiler::Scope scope("matmul.bwd", profiler::Category::kGemm, 2.0 * n * c * oc);
-      BackwardInputRows(dinp, dout, weight, 0, n, c, oc);
+      BackwardInputRows(dinp, dout, weight, 0, n, c, oc, beta);
     }
     if (want_dweight) {
       profiler::Scope scope("matmul.bwd", profiler::Category::kGemm, 2.0 * n * c * oc);
@@ -145,11 +153,22 @@ void MatmulBackward(float* dinp, float* dweight, float* dbias, const float* dout
   }
 }
 
+}  // namespace
+
+void MatmulBackward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                    const float* weight, int64_t n, int64_t c, int64_t oc) {
+  Backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc, /*accumulate=*/true);
+}
+
+void MatmulBackwardTo(float* dinp, float* dweight, float* dbias, const float* dout,
+                      const float* inp, const float* weight, int64_t n, int64_t c, int64_t oc) {
+  Backward(dinp, dweight, dbias, dout, inp, weight, n, c, oc, /*accumulate=*/false);
+}
+
 double SgemmRate(int64_t m, int64_t n, int64_t k, double seconds) {
   std::vector<float> a(m * k, 0.5f), b(k * n, 0.25f), c(m * n, 0.0f);
   auto run = [&] {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a.data(), k, b.data(),
-                n, 0.0f, c.data(), n);
+    internal::Sgemm(false, false, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, c.data(), n);
   };
   run();  // untimed: page faults, OpenBLAS's buffers and thread start-up
   int64_t calls = 0;

@@ -47,9 +47,10 @@ struct SimdOps {
                                        int64_t vp);
   void (*attention_forward)(float* out, float* lse, const float* qkv, int64_t b, int64_t t,
                             int64_t h, int64_t kvh, int64_t d);
+  // dqkv += (accumulate) or = the gradient.
   void (*attention_backward)(float* dqkv, const float* dout, const float* qkv, const float* out,
                              const float* lse, int64_t b, int64_t t, int64_t h, int64_t kvh,
-                             int64_t d);
+                             int64_t d, bool accumulate);
   void (*attention_decode)(float* out, const float* q, const float* k_cache,
                            const float* v_cache, int64_t len, int64_t h, int64_t kvh, int64_t d);
   void (*layernorm_forward)(float* out, float* mean, float* rstd, const float* inp,
@@ -65,6 +66,8 @@ struct SimdOps {
   // dst (C) += column sums of x (N, C), each in row order in double.
   void (*column_sums)(float* dst, const float* x, int64_t n, int64_t c);
   double (*sum_of_squares)(const float* x, int64_t n);
+  // x (n) = 0 on all threads; with streaming (non-temporal) stores when `streaming`.
+  void (*zero)(float* x, int64_t n, bool streaming);
 };
 
 // The active level: the best this CPU supports, capped by LATTICE_CPU_ISA.

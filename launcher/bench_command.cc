@@ -72,9 +72,10 @@ nlohmann::json PrintProfile(int64_t steps, double mean_ms, double sgemm_gflops) 
   }
   std::printf("\n");
   const double gemm_gflops = cat_ms["gemm"] > 0 ? cat_flops["gemm"] / (cat_ms["gemm"] / 1e3) / 1e9 : 0;
-  std::printf("GEMMs in the step: %.1f GFLOP/s = %.0f%% of OpenBLAS sgemm 1024^3 on this CPU "
-              "(%.1f GFLOP/s at the same threads)\n",
-              gemm_gflops, 100.0 * gemm_gflops / sgemm_gflops, sgemm_gflops);
+  std::printf("GEMMs in the step: %.1f GFLOP/s = %.0f%% of sgemm 1024^3 on this CPU "
+              "(%s: %.1f GFLOP/s at the same threads)\n",
+              gemm_gflops, 100.0 * gemm_gflops / sgemm_gflops,
+              kernels::cpu::GemmLibraryName().c_str(), sgemm_gflops);
   return {{"ops", rows}, {"category_ms_per_step", cats}, {"gemm_gflops", gemm_gflops},
           {"sgemm_1024_gflops", sgemm_gflops}};
 }
@@ -152,6 +153,7 @@ absl::Status BenchTrainStep(const CommandArgs& args) {
                       {"backend", "cpu"},
                       {"threads", kernels::cpu::NumThreads()},
                       {"blas", kernels::cpu::BlasThreading()},
+                      {"gemm", kernels::cpu::GemmLibraryName()},
                       {"kernels", kernels::cpu::KernelIsa()},
                       {"cpu_s_per_s", cpu_per_s},
                       {"loadavg_1m", load[0]},

@@ -48,8 +48,8 @@ void Decoder::HeadBackward(ActSet& s, float dloss, float* dres) {
   const float* xn = sp_ ? s.normf_full.f32() : s.normf.f32();
   float* dxn = dnorm_.f32();
   float* dfull = tpn_ > 1 ? dfull_.f32() : dxn;
-  std::memset(dfull, 0, n * c_ * sizeof(float));
-  k::MatmulBackward(dfull, ends_.head.g, nullptr, dlogits, xn, ends_.head.w, n, c_, vl_);
+  // The *To kernels write their input gradient over the scratch buffer: no zeroing passes.
+  k::MatmulBackwardTo(dfull, ends_.head.g, nullptr, dlogits, xn, ends_.head.w, n, c_, vl_);
   EnterRegionBackward(dfull, dxn, rows);
   std::memset(dres, 0, rows * c_ * sizeof(float));
   NormBackward(dres, ends_.norm_f_w, ends_.norm_f_b, dxn, s.residual_out.f32(),
@@ -69,9 +69,8 @@ void Decoder::LayerBackward(LayerActs& a, int64_t l, int64_t b, int64_t t, float
     k::MatmulBackward(nullptr, nullptr, w.mlp_proj_b.g, dres, nullptr, nullptr, rows, 0, c_);
   }
   const float* dy = LeaveRegionBackward(dres, dfull, rows);
-  std::memset(dact_.raw(), 0, n * fl_ * sizeof(float));
-  k::MatmulBackward(dact_.f32(), w.mlp_proj_w.g, tp ? nullptr : w.mlp_proj_b.g, dy, a.act.f32(),
-                    w.mlp_proj_w.w, n, fl_, c_);
+  k::MatmulBackwardTo(dact_.f32(), w.mlp_proj_w.g, tp ? nullptr : w.mlp_proj_b.g, dy,
+                      a.act.f32(), w.mlp_proj_w.w, n, fl_, c_);
   if (llama_) {
     std::memset(dfc_.raw(), 0, n * fc_dim_ * sizeof(float));
     k::SwiGluBackward(dfc_.f32(), a.fc.f32(), dact_.f32(), n, fl_);
@@ -80,9 +79,8 @@ void Decoder::LayerBackward(LayerActs& a, int64_t l, int64_t b, int64_t t, float
     k::GeluBackwardTo(dfc_.f32(), a.fc.f32(), dact_.f32(), n * fl_);
   }
   float* dn = tp ? dfull : dxn;
-  std::memset(dn, 0, n * c_ * sizeof(float));
-  k::MatmulBackward(dn, w.fc_w.g, w.fc_b.g, dfc_.f32(), sp_ ? a.norm2_full.f32() : a.norm2.f32(),
-                    w.fc_w.w, n, c_, fc_dim_);
+  k::MatmulBackwardTo(dn, w.fc_w.g, w.fc_b.g, dfc_.f32(),
+                      sp_ ? a.norm2_full.f32() : a.norm2.f32(), w.fc_w.w, n, c_, fc_dim_);
   EnterRegionBackward(dn, dxn, rows);
   NormBackward(dres, w.norm2_w, w.norm2_b, dxn, a.residual2.f32(),
                llama_ ? nullptr : a.norm2_mean.f32(), a.norm2_rstd.f32(), rows);
@@ -91,19 +89,16 @@ void Decoder::LayerBackward(LayerActs& a, int64_t l, int64_t b, int64_t t, float
     k::MatmulBackward(nullptr, nullptr, w.proj_b.g, dres, nullptr, nullptr, rows, 0, c_);
   }
   const float* dy2 = LeaveRegionBackward(dres, dfull, rows);
-  std::memset(datty_.raw(), 0, n * hl_ * d_ * sizeof(float));
-  k::MatmulBackward(datty_.f32(), w.proj_w.g, tp ? nullptr : w.proj_b.g, dy2, a.atty.f32(),
-                    w.proj_w.w, n, hl_ * d_, c_);
-  std::memset(dqkv_.raw(), 0, n * qkv_dim_ * sizeof(float));
-  k::AttentionBackward(dqkv_.f32(), datty_.f32(), a.qkv.f32(), a.atty.f32(), a.att_lse.f32(), b,
-                       t, hl_, kl_, d_);
+  k::MatmulBackwardTo(datty_.f32(), w.proj_w.g, tp ? nullptr : w.proj_b.g, dy2, a.atty.f32(),
+                      w.proj_w.w, n, hl_ * d_, c_);
+  k::AttentionBackwardTo(dqkv_.f32(), datty_.f32(), a.qkv.f32(), a.atty.f32(), a.att_lse.f32(),
+                         b, t, hl_, kl_, d_);
   if (llama_) {
     k::RopeBackward(dqkv_.f32(), b, t, hl_, d_, qkv_dim_, 0, cfg_.rope_theta);
     k::RopeBackward(dqkv_.f32() + hl_ * d_, b, t, kl_, d_, qkv_dim_, 0, cfg_.rope_theta);
   }
-  std::memset(dn, 0, n * c_ * sizeof(float));
-  k::MatmulBackward(dn, w.qkv_w.g, w.qkv_b.g, dqkv_.f32(),
-                    sp_ ? a.norm1_full.f32() : a.norm1.f32(), w.qkv_w.w, n, c_, qkv_dim_);
+  k::MatmulBackwardTo(dn, w.qkv_w.g, w.qkv_b.g, dqkv_.f32(),
+                      sp_ ? a.norm1_full.f32() : a.norm1.f32(), w.qkv_w.w, n, c_, qkv_dim_);
   EnterRegionBackward(dn, dxn, rows);
   NormBackward(dres, w.norm1_w, w.norm1_b, dxn, a.residual.f32(),
                llama_ ? nullptr : a.norm1_mean.f32(), a.norm1_rstd.f32(), rows);

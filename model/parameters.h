@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "kernels/zero.h"
 #include "runtime/tensor.h"
 
 namespace lattice {
@@ -86,7 +87,8 @@ class ParameterSet {
   int64_t numel() const { return total_; }
   const Tensor& flat_values() const { return values_; }
   const Tensor& flat_grads() const { return grads_; }
-  void ZeroGrads() const { grads_.SetZero(); }
+  // Multi-threaded, with streaming stores for large models (kernels/zero.h).
+  void ZeroGrads() const { kernels::cpu::ZeroFill(grads_.f32(), grads_.numel()); }
 
  private:
   std::vector<Parameter> params_;

@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # Debian 12 packages. Why each is here is in README.md ("Dependencies").
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
-  libabsl-dev libyaml-cpp-dev nlohmann-json3-dev libopenblas-openmp-dev
+  libabsl-dev libyaml-cpp-dev nlohmann-json3-dev libopenblas-openmp-dev libdnnl-dev
   libboost-iostreams-dev libboost-program-options-dev
   libgtest-dev libgmock-dev
   clang-14 libclang-rt-14-dev libomp-14-dev

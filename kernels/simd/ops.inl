@@ -220,21 +220,26 @@ void CrossEntropyBackwardProbs(float* probs, const int32_t* targets, const float
 
 // ---- Attention (causal, GQA), tiled; probabilities recomputed in backward -------------------
 //
-// The forward takes the queries of a head 4 rows at a time. For each group it computes
-// the scores against every key the group sees, s = scale * Q K^T (K transposed once per task,
-// so the products are vector multiply-adds across keys), the exact softmax of each row (max,
-// then exp and sum), and O = P V / l; it stores each row's log-sum-exp m + log l. The backward
-// recomputes P = exp(s - lse) tile by tile. No (T, T) array is stored: memory is O(T D) per
-// head, as in flash attention (the whole key range of a row is one block here, which a CPU's
-// caches hold for the sequence lengths lattice trains).
+// The forward takes the queries of a head kGroupRows rows at a time. For each group it
+// computes the scores against every key the group sees, s = scale * Q K^T (K transposed once
+// per task, so the products are vector multiply-adds across keys), the exact softmax of each
+// row (max, then exp and sum), and O = P V / l; it stores each row's log-sum-exp m + log l.
+// The backward recomputes P = exp(s - lse) tile by tile. No (T, T) array is stored: memory is
+// O(T D) per head, as in flash attention (the whole key range of a row is one block here,
+// which a CPU's caches hold for the sequence lengths lattice trains).
 //
-// The small products are register-tiled: R rows (4) by W columns (two vectors) of accumulators,
+// The small products are register-tiled: R rows by W columns (two vectors) of accumulators,
 // each element's sum running over the contraction index in order. So an element's arithmetic
 // is the same whatever R, W, the tile or the thread count, and a decode step (R = 1, the same
 // softmax) reproduces the forward's row bit for bit. Masked entries enter the products as
 // exact zeros.
 constexpr int64_t kLanes = LATTICE_SIMD_LANES;  // floats per vector register at this level
-constexpr int64_t kTileRows = 16;               // query rows per backward tile
+// Rows per register tile. A tile keeps R x (1 or 2 vectors) accumulators: at AVX-512 (32
+// registers) 8 rows give 8-16 independent multiply-add chains, enough to cover the FMA latency
+// (4 cycles) on both FMA ports even in the one-vector remainder tiles, and 8 broadcasts per 2
+// vector loads; 4 rows leave room in the 16 registers of the lower levels.
+constexpr int kGroupRows = kLanes == 16 ? 8 : 4;
+constexpr int64_t kTileRows = 16;  // query rows per backward tile (a multiple of kGroupRows)
 
 inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -304,7 +309,9 @@ void WeightedRows(float* out, int64_t ldo, const float* p, int64_t ldp, const fl
   for (; x + 2 * kLanes <= d; x += 2 * kLanes) {
     WeightedTile<R, 2 * kLanes>(out + x, ldo, p, ldp, b + x, ldb, len);
   }
-  for (; x + kLanes <= d; x += kLanes) WeightedTile<R, kLanes>(out + x, ldo, p, ldp, b + x, ldb, len);
+  for (; x + kLanes <= d; x += kLanes) {
+    WeightedTile<R, kLanes>(out + x, ldo, p, ldp, b + x, ldb, len);
+  }
   for (; x < d; ++x) WeightedTile<R, 1>(out + x, ldo, p, ldp, b + x, ldb, len);
 }
 
@@ -346,19 +353,96 @@ void OuterColumns(float* out, int64_t ldo, const float* p, int64_t ldp, const fl
 void AccumulateOuter(float* out, int64_t ldo, const float* p, int64_t ldp, const float* a,
                      int64_t lda, int64_t rows, int64_t len, int64_t d) {
   int64_t j = 0;
-  for (; j + 4 <= len; j += 4) OuterColumns<4>(out + j * ldo, ldo, p + j, ldp, a, lda, rows, d);
+  for (; j + kGroupRows <= len; j += kGroupRows) {
+    OuterColumns<kGroupRows>(out + j * ldo, ldo, p + j, ldp, a, lda, rows, d);
+  }
   for (; j < len; ++j) OuterColumns<1>(out + j * ldo, ldo, p + j, ldp, a, lda, rows, d);
 }
 
+// One vector register of this level (the GCC/clang vector extension: the same source gives SSE,
+// AVX2 or AVX-512 code under the includer's target pragma).
+typedef float VecF __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline VecF LoadVec(const float* p) {
+  VecF v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void StoreVec(float* p, VecF v) { __builtin_memcpy(p, &v, sizeof(v)); }
+
+// The low and the high halves of a and b interleaved: {a0, b0, a1, b1, ...}.
+#if LATTICE_SIMD_LANES == 16
+#define LATTICE_INTERLEAVE_LO(a, b) \
+  __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)
+#define LATTICE_INTERLEAVE_HI(a, b) \
+  __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
+#elif LATTICE_SIMD_LANES == 8
+#define LATTICE_INTERLEAVE_LO(a, b) __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11)
+#define LATTICE_INTERLEAVE_HI(a, b) __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15)
+#elif LATTICE_SIMD_LANES == 4
+#define LATTICE_INTERLEAVE_LO(a, b) __builtin_shufflevector(a, b, 0, 4, 1, 5)
+#define LATTICE_INTERLEAVE_HI(a, b) __builtin_shufflevector(a, b, 2, 6, 3, 7)
+#else
+#error "LATTICE_SIMD_LANES must be 4, 8 or 16"
+#endif
+
+// Transposes a kLanes x kLanes block in registers: row x at bt + x * ldb = column x of the rows
+// at m (stride `stride`). log2(kLanes) rounds, each interleaving rows i and i + kLanes/2 (which
+// moves one bit of every element's row index into its column index), transpose the block: 64
+// two-source shuffles for 16 x 16 at AVX-512 instead of 256 scalar strided stores, which took
+// a fifth of the attention's time.
+inline void TransposeBlock(float* bt, int64_t ldb, const float* m, int64_t stride) {
+  VecF r[kLanes];
+#pragma GCC unroll 16
+  for (int64_t i = 0; i < kLanes; ++i) r[i] = LoadVec(m + i * stride);
+#pragma GCC unroll 4
+  for (int64_t bit = 1; bit < kLanes; bit *= 2) {
+    VecF n[kLanes];
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < kLanes / 2; ++i) {
+      n[2 * i] = LATTICE_INTERLEAVE_LO(r[i], r[i + kLanes / 2]);
+      n[2 * i + 1] = LATTICE_INTERLEAVE_HI(r[i], r[i + kLanes / 2]);
+    }
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < kLanes; ++i) r[i] = n[i];
+  }
+#pragma GCC unroll 16
+  for (int64_t x = 0; x < kLanes; ++x) StoreVec(bt + x * ldb, r[x]);
+}
+#undef LATTICE_INTERLEAVE_LO
+#undef LATTICE_INTERLEAVE_HI
+
 // bt (d, ldb) = rows [0, len) of m (stride `stride`) transposed; columns [len, pad) zero.
+// Whole kLanes x kLanes blocks in registers, the edges element by element.
 void Transpose(float* bt, int64_t ldb, const float* m, int64_t stride, int64_t len, int64_t pad,
                int64_t d) {
-  for (int64_t j = 0; j < len; ++j) {
+  const int64_t len_blocks = len / kLanes * kLanes;
+  const int64_t d_blocks = d / kLanes * kLanes;
+  for (int64_t j = 0; j < len_blocks; j += kLanes) {
+    for (int64_t x = 0; x < d_blocks; x += kLanes) {
+      TransposeBlock(bt + x * ldb + j, ldb, m + j * stride + x, stride);
+    }
+    for (int64_t jj = j; jj < j + kLanes; ++jj) {
+      const float* mj = m + jj * stride;
+      for (int64_t x = d_blocks; x < d; ++x) bt[x * ldb + jj] = mj[x];
+    }
+  }
+  for (int64_t j = len_blocks; j < len; ++j) {
     const float* mj = m + j * stride;
     for (int64_t x = 0; x < d; ++x) bt[x * ldb + j] = mj[x];
   }
   for (int64_t x = 0; x < d; ++x) {
     for (int64_t j = len; j < pad; ++j) bt[x * ldb + j] = 0.0f;
+  }
+}
+
+// dst (len, d) contiguous = rows [0, len) of m (stride `stride`): the values (or keys) a task
+// reads for every row group, packed so that they share no cache sets with the qkv rows around
+// them (a head's rows in qkv lie (H + 2 KVH) D floats apart).
+void PackRows(float* dst, const float* m, int64_t stride, int64_t len, int64_t d) {
+  for (int64_t j = 0; j < len; ++j) {
+#pragma omp simd
+    for (int64_t x = 0; x < d; ++x) dst[j * d + x] = m[j * stride + x];
   }
 }
 
@@ -368,17 +452,50 @@ struct RowStats {
   float max, sum;
 };
 [[gnu::noinline]] RowStats SoftmaxRow(float* s, int64_t valid, int64_t len) {
-  float mx = kNegInf;
-#pragma omp simd reduction(max : mx)
-  for (int64_t j = 0; j < valid; ++j) mx = s[j] > mx ? s[j] : mx;
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < valid; ++j) {
-    const float e = ExpF(s[j] - mx);
-    s[j] = e;
-    sum += e;
+  // Whole vectors only, the last one masked: at these row lengths a scalar remainder loop
+  // (up to kLanes - 1 exps per row) cost as much as the vector part. s has room (computed
+  // scores) up to valid rounded up to kLanes. The sums are per lane, added in lane order at
+  // the end: one fixed order, the same for the forward and decode.
+  const int64_t body = valid / kLanes * kLanes;
+  const int rest = static_cast<int>(valid - body);
+  float mxv[kLanes], sumv[kLanes];
+#pragma omp simd
+  for (int l = 0; l < kLanes; ++l) {
+    mxv[l] = kNegInf;
+    sumv[l] = 0.0f;
   }
-  for (int64_t j = valid; j < len; ++j) s[j] = 0.0f;
+  for (int64_t j0 = 0; j0 < body; j0 += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) mxv[l] = s[j0 + l] > mxv[l] ? s[j0 + l] : mxv[l];
+  }
+  if (rest > 0) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const float x = l < rest ? s[body + l] : kNegInf;
+      mxv[l] = x > mxv[l] ? x : mxv[l];
+    }
+  }
+  float mx = mxv[0];
+  for (int l = 1; l < kLanes; ++l) mx = Max(mx, mxv[l]);
+  for (int64_t j0 = 0; j0 < body; j0 += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const float e = ExpF(s[j0 + l] - mx);
+      s[j0 + l] = e;
+      sumv[l] += e;
+    }
+  }
+  if (rest > 0) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      const float e = l < rest ? ExpF(s[body + l] - mx) : 0.0f;
+      s[body + l] = e;
+      sumv[l] += e;
+    }
+  }
+  float sum = 0.0f;
+  for (int l = 0; l < kLanes; ++l) sum += sumv[l];
+  for (int64_t j = RoundUp(valid, kLanes); j < len; ++j) s[j] = 0.0f;
   return {mx, sum};
 }
 
@@ -390,16 +507,16 @@ struct RowStats {
   if (lse != nullptr) *lse = st.max + __builtin_logf(st.sum);
 }
 
-// Rows [g0, g0 + R) of a forward tile: scores, softmax, weighted values, output and lse.
+// Rows [i, i + R) of a head: scores, softmax, weighted values, output and lse. v (len, ldv).
 template <int R>
 void ForwardRows(float* out, float* lse, float* s, int64_t lds, float* o, const float* q,
-                 int64_t row, const float* kt, int64_t ldk, const float* v, int64_t i, int64_t h,
-                 int64_t d, float scale) {
+                 int64_t row, const float* kt, int64_t ldk, const float* v, int64_t ldv,
+                 int64_t i, int64_t h, int64_t d, float scale) {
   const int64_t len = i + R;  // keys seen by the group's last row
   DotRows<R>(s, lds, q, row, kt, ldk, len, d, scale);
   RowStats st[R];
   for (int r = 0; r < R; ++r) st[r] = SoftmaxRow(s + r * lds, i + r + 1, len);
-  WeightedRows<R>(o, d, s, lds, v, row, len, d);
+  WeightedRows<R>(o, d, s, lds, v, ldv, len, d);
   for (int r = 0; r < R; ++r) FinishRow(out + r * h * d, lse + r, o + r * d, st[r], d);
 }
 
@@ -413,9 +530,11 @@ void AttentionForward(float* out, float* lse, const float* qkv, int64_t b, int64
 #pragma omp parallel if (Parallel(b * h * t * t * d))
   {
     float* kt = new float[d * ldk];
-    float* s = new float[4 * ldk];
-    float* o = new float[4 * d];
-    // One task per (batch, head): its keys are transposed once for all its rows.
+    float* vc = new float[t * d];
+    float* s = new float[kGroupRows * ldk];
+    float* o = new float[kGroupRows * d];
+    // One task per (batch, head): its keys are transposed, and its values packed, once for
+    // all its rows.
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t hi = task % h;
@@ -423,21 +542,22 @@ void AttentionForward(float* out, float* lse, const float* qkv, int64_t b, int64
       const int64_t g = hi / group;
       const float* base = qkv + bi * t * row;
       Transpose(kt, ldk, base + (h + g) * d, row, t, ldk, d);
-      const float* v = base + (h + kvh + g) * d;
+      PackRows(vc, base + (h + kvh + g) * d, row, t, d);
       float* out_rows = out + (bi * t) * h * d + hi * d;
       float* lse_rows = lse + (bi * h + hi) * t;
       const float* q = base + hi * d;
       int64_t i = 0;
-      for (; i + 4 <= t; i += 4) {
-        ForwardRows<4>(out_rows + i * h * d, lse_rows + i, s, ldk, o, q + i * row, row, kt, ldk,
-                       v, i, h, d, scale);
+      for (; i + kGroupRows <= t; i += kGroupRows) {
+        ForwardRows<kGroupRows>(out_rows + i * h * d, lse_rows + i, s, ldk, o, q + i * row, row,
+                                kt, ldk, vc, d, i, h, d, scale);
       }
       for (; i < t; ++i) {
         ForwardRows<1>(out_rows + i * h * d, lse_rows + i, s, ldk, o, q + i * row, row, kt, ldk,
-                       v, i, h, d, scale);
+                       vc, d, i, h, d, scale);
       }
     }
     delete[] kt;
+    delete[] vc;
     delete[] s;
     delete[] o;
   }
@@ -470,12 +590,12 @@ void AttentionDecode(float* out, const float* q, const float* k_cache, const flo
 }
 
 // Rows [i, i + R) of a backward tile: p = exp(s - lse) and ds = p (dp - D) into the tile
-// (zero up to `pad`), and dq = ds K of those rows added to dqkv.
+// (zero up to `pad`), and dq = ds K of those rows added to dqkv. kc: the keys packed (len, d).
 template <int R>
 void BackwardRows(float* p, float* ds, int64_t ldp, float* dq, const float* q, const float* dy,
                   int64_t ldy, int64_t row, const float* kt, const float* vt, int64_t ldk,
-                  const float* k, const float* row_lse, const float* di, float* dq_out,
-                  int64_t i, int64_t pad, int64_t d, float scale) {
+                  const float* kc, const float* row_lse, const float* di, float* dq_out,
+                  int64_t i, int64_t pad, int64_t d, float scale, bool accumulate) {
   const int64_t len = i + R;
   DotRows<R>(p, ldp, q, row, kt, ldk, len, d, scale);
   DotRows<R>(ds, ldp, dy, ldy, vt, ldk, len, d, 1.0f);
@@ -484,19 +604,30 @@ void BackwardRows(float* p, float* ds, int64_t ldp, float* dq, const float* q, c
     float* dsr = ds + r * ldp;
     const int64_t valid = i + r + 1;
     const float li = row_lse[i + r], dii = di[i + r];
+    // Whole vectors, the masked entries selected to zero (no scalar remainder: see
+    // SoftmaxRow); the scores were computed up to len rounded up to kLanes.
+    const int64_t full = RoundUp(valid, kLanes);
+    for (int64_t j0 = 0; j0 < full; j0 += kLanes) {
+      const int rest = static_cast<int>(valid - j0);
 #pragma omp simd
-    for (int64_t j = 0; j < valid; ++j) {
-      const float pj = ExpF(pr[j] - li);
-      pr[j] = pj;
-      dsr[j] = pj * (dsr[j] - dii);
+      for (int l = 0; l < kLanes; ++l) {
+        const float pj = l < rest ? ExpF(pr[j0 + l] - li) : 0.0f;
+        pr[j0 + l] = pj;
+        dsr[j0 + l] = l < rest ? pj * (dsr[j0 + l] - dii) : 0.0f;
+      }
     }
-    for (int64_t j = valid; j < pad; ++j) pr[j] = dsr[j] = 0.0f;
+    for (int64_t j = full; j < pad; ++j) pr[j] = dsr[j] = 0.0f;
   }
-  WeightedRows<R>(dq, d, ds, ldp, k, row, len, d);
+  WeightedRows<R>(dq, d, ds, ldp, kc, d, len, d);
   for (int r = 0; r < R; ++r) {
     float* dst = dq_out + r * row;
+    if (accumulate) {
 #pragma omp simd
-    for (int64_t x = 0; x < d; ++x) dst[x] += scale * dq[r * d + x];
+      for (int64_t x = 0; x < d; ++x) dst[x] += scale * dq[r * d + x];
+    } else {
+#pragma omp simd
+      for (int64_t x = 0; x < d; ++x) dst[x] = scale * dq[r * d + x];
+    }
   }
 }
 
@@ -505,9 +636,11 @@ void BackwardRows(float* p, float* ds, int64_t ldp, float* dq, const float* q, c
 // order. Per tile of query rows:
 //   p = exp(s - lse), dp = dout V^T, ds = p (dp - D_i) with D_i = dout_i . out_i,
 //   dQ = scale ds K, dK += scale ds^T Q, dV += p^T dout.
+// Every element of dqkv is stored once (each query row's dQ by its tile, dK and dV at the end
+// of their task), so the written form (accumulate = false) covers it all.
 void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const float* out,
                        const float* lse, int64_t b, int64_t t, int64_t h, int64_t kvh,
-                       int64_t d) {
+                       int64_t d, bool accumulate) {
   const int64_t row = (h + 2 * kvh) * d;
   const int64_t group = h / kvh;
   const float scale = 1.0f / __builtin_sqrtf(static_cast<float>(d));
@@ -518,9 +651,10 @@ void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const f
   {
     float* kt = new float[d * ldk];
     float* vt = new float[d * ldk];
+    float* kc = new float[t * d];
     float* p = new float[kTileRows * ldk];
     float* ds = new float[kTileRows * ldk];
-    float* dq = new float[4 * d];
+    float* dq = new float[kGroupRows * d];
     float* dk = new float[t * d];
     float* dv = new float[t * d];
     float* di = new float[t];
@@ -534,6 +668,7 @@ void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const f
       float* dbase = dqkv + bi * t * row;
       Transpose(kt, ldk, k, row, t, ldk, d);
       Transpose(vt, ldk, v, row, t, ldk, d);
+      PackRows(kc, k, row, t, d);
       Zero(dk, t * d);
       Zero(dv, t * d);
       for (int64_t hi = g * group; hi < (g + 1) * group; ++hi) {
@@ -553,15 +688,15 @@ void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const f
           const float* dyi = dy + i0 * hd;
           float* dq_out = dbase + i0 * row + hi * d;
           int64_t r = 0;
-          for (; r + 4 <= rows; r += 4) {
-            BackwardRows<4>(p + r * ldk, ds + r * ldk, ldk, dq, qi + r * row, dyi + r * hd, hd,
-                            row, kt, vt, ldk, k, row_lse, di, dq_out + r * row, i0 + r, len, d,
-                            scale);
+          for (; r + kGroupRows <= rows; r += kGroupRows) {
+            BackwardRows<kGroupRows>(p + r * ldk, ds + r * ldk, ldk, dq, qi + r * row,
+                                     dyi + r * hd, hd, row, kt, vt, ldk, kc, row_lse, di,
+                                     dq_out + r * row, i0 + r, len, d, scale, accumulate);
           }
           for (; r < rows; ++r) {
             BackwardRows<1>(p + r * ldk, ds + r * ldk, ldk, dq, qi + r * row, dyi + r * hd, hd,
-                            row, kt, vt, ldk, k, row_lse, di, dq_out + r * row, i0 + r, len, d,
-                            scale);
+                            row, kt, vt, ldk, kc, row_lse, di, dq_out + r * row, i0 + r, len, d,
+                            scale, accumulate);
           }
           AccumulateOuter(dv, d, p, ldk, dyi, hd, rows, len, d);
           AccumulateOuter(dk, d, ds, ldk, qi, row, rows, len, d);
@@ -570,15 +705,24 @@ void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const f
       for (int64_t j = 0; j < t; ++j) {
         float* dkr = dbase + j * row + (h + g) * d;
         float* dvr = dbase + j * row + (h + kvh + g) * d;
+        if (accumulate) {
 #pragma omp simd
-        for (int64_t x = 0; x < d; ++x) {
-          dkr[x] += scale * dk[j * d + x];
-          dvr[x] += dv[j * d + x];
+          for (int64_t x = 0; x < d; ++x) {
+            dkr[x] += scale * dk[j * d + x];
+            dvr[x] += dv[j * d + x];
+          }
+        } else {
+#pragma omp simd
+          for (int64_t x = 0; x < d; ++x) {
+            dkr[x] = scale * dk[j * d + x];
+            dvr[x] = dv[j * d + x];
+          }
         }
       }
     }
     delete[] kt;
     delete[] vt;
+    delete[] kc;
     delete[] p;
     delete[] ds;
     delete[] dq;
@@ -781,6 +925,44 @@ double SumOfSquares(const float* x, int64_t n) {
   return total;
 }
 
+// One vector of zeros stored at p (aligned to the vector's size) past the caches. x86 has the
+// instruction at every level (SSE's movntps); elsewhere an ordinary store.
+inline void StreamZeroVector(float* p) {
+#if defined(__x86_64__) && LATTICE_SIMD_LANES == 16
+  _mm512_stream_ps(p, _mm512_setzero_ps());
+#elif defined(__x86_64__) && LATTICE_SIMD_LANES == 8
+  _mm256_stream_ps(p, _mm256_setzero_ps());
+#elif defined(__x86_64__)
+  _mm_stream_ps(p, _mm_setzero_ps());
+#else
+  for (int64_t l = 0; l < kLanes; ++l) p[l] = 0.0f;
+#endif
+}
+
+void ZeroFloats(float* x, int64_t n, bool streaming) {
+  if (!streaming) {
+#pragma omp parallel for simd schedule(static) if (parallel : Parallel(n))
+    for (int64_t i = 0; i < n; ++i) x[i] = 0.0f;
+    return;
+  }
+  constexpr int64_t kAlign = kLanes * static_cast<int64_t>(sizeof(float));
+#pragma omp parallel
+  {
+    // Each thread an equal contiguous share; vectors from the first aligned address on.
+    const int64_t threads = omp_get_num_threads(), id = omp_get_thread_num();
+    const int64_t begin = n * id / threads, end = n * (id + 1) / threads;
+    int64_t i = begin;
+    while (i < end && reinterpret_cast<uintptr_t>(x + i) % kAlign != 0) x[i++] = 0.0f;
+    for (; i + kLanes <= end; i += kLanes) StreamZeroVector(x + i);
+    for (; i < end; ++i) x[i] = 0.0f;
+#if defined(__x86_64__)
+    // Streaming stores are weakly ordered: drain them before the region's closing barrier
+    // lets other threads read the buffer.
+    _mm_sfence();
+#endif
+  }
+}
+
 }  // namespace
 }  // namespace lattice::kernels::cpu::internal::LATTICE_SIMD_NS
 
@@ -808,6 +990,7 @@ extern const SimdOps LATTICE_SIMD_TABLE = {
     LATTICE_SIMD_NS::Accumulate,
     LATTICE_SIMD_NS::ColumnSums,
     LATTICE_SIMD_NS::SumOfSquares,
+    LATTICE_SIMD_NS::ZeroFloats,
 };
 #undef LATTICE_SIMD_STR
 #undef LATTICE_SIMD_STR2

@@ -3,6 +3,9 @@
 #if defined(LATTICE_SIMD_X86)
 // Every header the shared source needs comes first, compiled for the build's own target: only
 // the code of ops.inl below gets the level's instructions.
+#include <immintrin.h>
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 #include <limits>

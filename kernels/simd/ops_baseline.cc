@@ -2,6 +2,11 @@
 
 // Every header the shared source needs comes first, compiled for the build's own target: only
 // the code of ops.inl below gets the level's instructions.
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+#include <omp.h>
+
 #include <cmath>
 #include <cstdint>
 #include <limits>

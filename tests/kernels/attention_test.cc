@@ -13,6 +13,7 @@ namespace lattice {
 namespace {
 
 using kernels::cpu::AttentionBackward;
+using kernels::cpu::AttentionBackwardTo;
 using kernels::cpu::AttentionDecode;
 using kernels::cpu::AttentionForward;
 using testing::ExpectAccumulated;
@@ -221,6 +222,26 @@ TEST(AttentionTest, BackwardAccumulates) {
     AttentionBackward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.b, s.t,
                       s.h, s.kvh, s.d);
     ExpectAccumulated(dqkv, before, fresh, "dqkv");
+  });
+}
+
+// The written form stores every element of dqkv (the buffer held NaN) and equals the
+// accumulating form into zeros exactly: the same sums, stored instead of added to zero.
+TEST(AttentionTest, BackwardToWritesEveryElement) {
+  ForEachSimdLevel([&] {
+    for (const Shape& s : {Shape{2, 37, 4, 2, 8}, Shape{2, 70, 2, 1, 32}, Shape{1, 9, 3, 3, 5}}) {
+      const auto qkv = RandomVector(s.qkv_size(), 25);
+      const auto dout = RandomVector(s.out_size(), 26);
+      std::vector<float> out(s.out_size()), lse(s.lse_size());
+      AttentionForward(out.data(), lse.data(), qkv.data(), s.b, s.t, s.h, s.kvh, s.d);
+      std::vector<float> fresh(s.qkv_size(), 0.0f);
+      AttentionBackward(fresh.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.b, s.t,
+                        s.h, s.kvh, s.d);
+      auto written = Poisoned(s.qkv_size());
+      AttentionBackwardTo(written.data(), dout.data(), qkv.data(), out.data(), lse.data(), s.b,
+                          s.t, s.h, s.kvh, s.d);
+      EXPECT_EQ(written, fresh) << Name(s);
+    }
   });
 }
 

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "kernels/matmul.h"
 #include "kernels/simd.h"
 
 namespace lattice {
@@ -67,6 +68,20 @@ TEST(ThreadsTest, TheActiveSimdLevelIsTheBestSupportedUnlessCapped) {
     if (static_cast<int>(want) < static_cast<int>(best)) best = want;
   }
   EXPECT_EQ(kernels::cpu::internal::Simd().level, best) << kernels::cpu::internal::Simd().name;
+}
+
+// oneDNN runs the GEMMs when built in, unless LATTICE_GEMM says otherwise (kernels/matmul.h),
+// and whichever runs them must be an OpenMP build on lattice's one pool.
+TEST(ThreadsTest, TheGemmLibraryIsTheDefaultOrTheChosenOneAndSharesThePool) {
+  using kernels::cpu::GemmLibrary;
+  GemmLibrary want = kernels::cpu::GemmLibraryAvailable(GemmLibrary::kOneDnn)
+                         ? GemmLibrary::kOneDnn
+                         : GemmLibrary::kOpenBlas;
+  if (const char* lib = std::getenv("LATTICE_GEMM"); lib != nullptr && *lib != '\0') {
+    want = std::string(lib) == "openblas" ? GemmLibrary::kOpenBlas : GemmLibrary::kOneDnn;
+  }
+  EXPECT_EQ(kernels::cpu::ActiveGemmLibrary(), want) << kernels::cpu::GemmLibraryName();
+  EXPECT_TRUE(kernels::cpu::GemmLibrarySharesOpenMpPool()) << kernels::cpu::GemmLibraryName();
 }
 
 }  // namespace
