@@ -18,6 +18,7 @@ absl::Status RunGenerateCommand(const CommandArgs& args);   // generate_command.
 absl::Status RunTokenizerCommand(const CommandArgs& args);  // tokenizer_command.cc
 absl::Status RunPrepareCommand(const CommandArgs& args);    // prepare_command.cc
 absl::Status RunBenchCommand(const CommandArgs& args);      // bench_command.cc
+absl::Status RunCkptCommand(const CommandArgs& args);       // ckpt_command.cc
 
 }  // namespace lattice
 

@@ -1,4 +1,5 @@
 #include <cmath>
+#include <filesystem>
 #include <cstdio>
 #include <limits>
 #include <vector>
@@ -8,6 +9,7 @@
 #include "launcher/options.h"
 #include "launcher/preflight.h"
 #include "launcher/trainer.h"
+#include "parallel/checkpoint.h"
 #include "nlohmann/json.hpp"
 #include "runtime/io/safetensors.h"
 #include "runtime/data/token_file.h"
@@ -25,7 +27,8 @@ absl::Status RunEvalCommand(const CommandArgs& args) {
   std::vector<std::string> sets;
   int64_t max_samples = 0;
   desc.add_options()("config", po::value(&config)->required(), "YAML config file")(
-      "weights", po::value(&weights)->required(), "model.safetensors")(
+      "weights", po::value(&weights)->required(),
+      "model.safetensors, or a checkpoint directory (lattice train checkpoint.dir or one step_* in it)")(
       "data", po::value(&data)->required(), "token file or Megatron prefix")(
       "max-samples", po::value(&max_samples)->default_value(0), "evaluate at most this many samples (0 = all)")(
       "grads-out", po::value(&grads_out), "also write d(mean loss)/d(parameter) as safetensors")(
@@ -59,7 +62,10 @@ absl::Status RunEvalCommand(const CommandArgs& args) {
   }
   const int64_t mbs = cfg.train.micro_batch_size;
   LATTICE_ASSIGN_OR_RETURN(auto model, Decoder::Create(cfg.model, mbs));
-  LATTICE_RETURN_IF_ERROR(LoadWeights(*model, weights));
+  // A safetensors file, or a checkpoint (a step directory, or checkpoint.dir: its newest).
+  LATTICE_RETURN_IF_ERROR(std::filesystem::is_directory(weights)
+                              ? LoadCheckpointWeights(weights, *model)
+                              : LoadWeights(*model, weights));
   const bool grads = !grads_out.empty();
   model->params().ZeroGrads();
   const float dloss = 1.0f / static_cast<float>(samples * t);

@@ -6,6 +6,7 @@
 // the tokenizer's decoding of every id generated so far (TextStreamer): an id that ends inside a
 // multi-byte UTF-8 character is printed once the character is complete.
 #include <algorithm>
+#include <filesystem>
 #include <cstdio>
 #include <limits>
 #include <optional>
@@ -18,6 +19,7 @@
 #include "launcher/commands.h"
 #include "launcher/options.h"
 #include "launcher/trainer.h"
+#include "parallel/checkpoint.h"
 #include "model/sampler.h"
 #include "runtime/text/tokenizer.h"
 
@@ -43,7 +45,8 @@ absl::Status RunGenerateCommand(const CommandArgs& args) {
   float temperature = 1.0f, top_p = 1.0f;
   bool greedy = false, stop_at_eot = true;
   desc.add_options()("config", po::value(&config)->required(), "YAML config file")(
-      "weights", po::value(&weights)->required(), "model.safetensors")(
+      "weights", po::value(&weights)->required(),
+      "model.safetensors, or a checkpoint directory (lattice train checkpoint.dir or one step_* in it)")(
       "prompt", po::value(&prompt)->default_value(""), "text to continue")(
       "tokenizer", po::value(&tokenizer_spec), "tokenizer.json or 'byte' (default: data.tokenizer)")(
       "max-new-tokens", po::value(&max_new)->default_value(100), "tokens to generate (>= 0)")(
@@ -89,7 +92,10 @@ absl::Status RunGenerateCommand(const CommandArgs& args) {
   }
   const std::vector<uint8_t> allowed = DecodableTokenMask(*tokenizer, cfg.model.vocab_size);
   LATTICE_ASSIGN_OR_RETURN(auto model, Decoder::Create(cfg.model, 1));
-  LATTICE_RETURN_IF_ERROR(LoadWeights(*model, weights));
+  // A safetensors file, or a checkpoint (a step directory, or checkpoint.dir: its newest).
+  LATTICE_RETURN_IF_ERROR(std::filesystem::is_directory(weights)
+                              ? LoadCheckpointWeights(weights, *model)
+                              : LoadWeights(*model, weights));
 
   std::vector<int32_t> ids = tokenizer->Encode(prompt);
   const std::optional<int32_t> eot = tokenizer->eot_id();

@@ -21,6 +21,7 @@ constexpr Command kCommands[] = {
     {"tokenizer", lattice::RunTokenizerCommand, "train / encode / decode a BPE tokenizer"},
     {"prepare", lattice::RunPrepareCommand, "tokenize text or JSONL into .bin/.idx"},
     {"bench", lattice::RunBenchCommand, "benchmarks"},
+    {"ckpt", lattice::RunCkptCommand, "inspect / verify / reshard / export a checkpoint"},
 };
 
 void PrintUsage() {

@@ -1,13 +1,20 @@
 #include "launcher/trainer.h"
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "kernels/grad_norm.h"
 #include "kernels/matmul.h"
 #include "launcher/preflight.h"
@@ -18,9 +25,26 @@
 #include "runtime/status.h"
 #include "runtime/system.h"
 #include "runtime/text/tokenizer.h"
+#include "runtime/io/checkpoint_format.h"
+#include "runtime/io/fault_injection.h"
+#include "runtime/io/json_limits.h"
 #include "runtime/io/output_file.h"
 
 namespace lattice {
+
+namespace {
+
+// VmHWM of /proc/self/status (0 where there is none).
+int64_t PeakResidentBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::strtoll(line.c_str() + 6, nullptr, 10) * 1024;
+  }
+  return 0;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Communicator& world) {
   std::unique_ptr<Trainer> tr(new Trainer(cfg, world));
@@ -73,19 +97,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
   }
 
   // The engine initialises from train.seed; every rank then copies its shards out of the
-  // initial weights when there are some (each rank reads the file: no broadcast of a model).
+  // initial weights when there are some (each rank reads only its boxes: no broadcast).
   LATTICE_ASSIGN_OR_RETURN(tr->engine_, ParallelEngine::Create(c, world));
-  if (!c.train.init_weights.empty()) {
-    absl::StatusOr<std::map<std::string, Tensor>> w = ReadWeights(c.model, c.train.init_weights);
-    absl::Status loaded = w.status();
-    if (loaded.ok()) {
-      loaded = tr->engine_->LoadParameters([&w](const std::string& name) -> const Tensor* {
-        auto it = w->find(name);
-        return it == w->end() ? nullptr : &it->second;
-      });
-    }
-    LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world, loaded));
-  }
+  tr->registry_ = std::make_unique<TrainStateRegistry>(TrainStateRegistry::ForEngine(*tr->engine_));
+  LATTICE_RETURN_IF_ERROR(tr->LoadInitialWeights());
 
   DatasetOptions data = DatasetOptions::FromConfig(c);
   if (eot.has_value()) data.source_options.eot = *eot;
@@ -103,14 +118,205 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
   tr->val_ = streams.val;
   tr->batches_.resize(tr->micro_batches_);
 
-  if (!c.train.metrics_file.empty() && tr->is_logger()) {
-    // A fresh run truncates the file; never through a symbolic link (runtime/io/output_file.h).
-    absl::StatusOr<OutputStream> metrics =
-        OpenOutputStream(c.train.metrics_file, ExistingContent::kTruncate);
-    if (!metrics.ok()) return Annotate(metrics.status(), "train.metrics_file");
-    tr->metrics_ = metrics->release();
+  if (!c.checkpoint.dir.empty()) {
+    // What failed saves of an earlier run left behind is never a checkpoint: remove it before
+    // this run saves into the same directory.
+    absl::Status cleaned;
+    if (tr->is_logger()) {
+      absl::StatusOr<std::vector<std::string>> removed = RemoveCheckpointLeftovers(c.checkpoint.dir);
+      cleaned = removed.status();
+      if (removed.ok() && !removed->empty()) {
+        std::printf("lattice train: removed what failed saves left in %s: %s\n",
+                    c.checkpoint.dir.c_str(), absl::StrJoin(*removed, ", ").c_str());
+      }
+    }
+    LATTICE_RETURN_IF_ERROR(Annotate(AgreeOnStatus(world, cleaned), "checkpoint.dir"));
+    CheckpointOptions o;
+    o.root = c.checkpoint.dir;
+    o.async = c.checkpoint.async;
+    o.keep = c.checkpoint.keep;
+    o.keep_every = c.checkpoint.keep_every;
+    LATTICE_ASSIGN_OR_RETURN(tr->saver_, CheckpointSaver::Create(world, o));
   }
+  LATTICE_RETURN_IF_ERROR(tr->Resume());
+  LATTICE_RETURN_IF_ERROR(tr->OpenMetrics());
   return tr;
+}
+
+absl::Status Trainer::LoadInitialWeights() {
+  const std::string& path = cfg_.train.init_weights;
+  if (path.empty()) return absl::OkStatus();
+  const TrainStateRegistry weights = TrainStateRegistry::ForEngine(*engine_, /*weights_only=*/true);
+  absl::Status loaded;
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    absl::StatusOr<std::string> dir = ResolveCheckpoint(path);
+    absl::StatusOr<std::unique_ptr<CheckpointReader>> reader =
+        dir.ok() ? CheckpointReader::Open(*dir) : dir.status();
+    loaded = reader.status();
+    if (loaded.ok()) loaded = CheckCompatible(**reader, cfg_.model, /*need_optimizer=*/false);
+    if (loaded.ok()) loaded = ReadState(**reader, weights);
+  } else {
+    loaded = LoadWeightsFile(path, cfg_.model, weights);
+  }
+  return Annotate(AgreeOnStatus(world_, loaded), "train.init_weights");
+}
+
+CheckpointContents Trainer::Contents() const {
+  CheckpointContents c;
+  c.iteration = engine_->iteration();
+  c.optimizer_step = engine_->optimizer().step();
+  // fp32 has no loss scaler: every skipped iteration is one with a NaN/Inf loss or norm.
+  c.skipped_iterations = nan_iterations_;
+  c.nan_iterations = nan_iterations_;
+  c.seed = cfg_.train.seed;
+  c.data_state = train_->State().ToJson();
+  c.config_yaml = cfg_.ToYaml();
+  c.layout = LayoutOf(cfg_);
+  return c;
+}
+
+absl::Status Trainer::ResumeFrom(const std::string& dir) {
+  absl::StatusOr<std::unique_ptr<CheckpointReader>> reader = CheckpointReader::Open(dir);
+  absl::Status ok = reader.status();
+  if (ok.ok()) ok = CheckCompatible(**reader, cfg_.model, /*need_optimizer=*/true);
+  absl::StatusOr<DataLoaderState> data = absl::InvalidArgumentError("no data state");
+  if (ok.ok()) {
+    if ((*reader)->index().data_state.empty()) {
+      ok = absl::InvalidArgumentError(
+          absl::StrCat(dir, ": the checkpoint has no data loader state"));
+    } else {
+      data = DataLoaderState::FromJson((*reader)->index().data_state);
+      ok = data.status();
+      // The data must give the samples the checkpointed run would have read next.
+      if (ok.ok()) ok = Annotate(train_->Restore(*data), absl::StrCat(dir, ": data.*"));
+    }
+  }
+  // Everything is checked on every rank before any rank reads a box.
+  LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world_, ok));
+  const auto start = std::chrono::steady_clock::now();
+  LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world_, ReadState(**reader, *registry_)));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const CheckpointIndex& idx = (*reader)->index();
+  engine_->set_iteration(idx.iteration);
+  engine_->optimizer().set_step(idx.optimizer_step);
+  nan_iterations_ = idx.nan_iterations;
+  resumed_from_ = dir;
+  // Bytes read by this rank, summed over the ranks for the report.
+  int64_t bytes[1] = {static_cast<int64_t>((*reader)->bytes_read())};
+  LATTICE_RETURN_IF_ERROR(SumInRankOrder(world_, absl::MakeSpan(bytes)));
+  if (is_logger()) {
+    std::printf("lattice train: resumed from %s (saved at %s) at iteration %lld, consumed "
+                "samples %lld, optimizer step %lld; read %.1f MiB in %.2f s (%.2f GB/s)\n",
+                dir.c_str(), idx.layout.ToString().c_str(), static_cast<long long>(idx.iteration),
+                static_cast<long long>(data->consumed_samples),
+                static_cast<long long>(idx.optimizer_step), bytes[0] / 1048576.0, seconds,
+                seconds > 0 ? bytes[0] / seconds / 1e9 : 0.0);
+    std::fflush(stdout);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::Resume() {
+  const CheckpointConfig& k = cfg_.checkpoint;
+  if (k.resume == "none") return absl::OkStatus();
+  if (k.resume != "auto") {
+    // An explicit checkpoint (or a checkpoint root: its newest): no fallback.
+    absl::StatusOr<std::string> dir = ResolveCheckpoint(k.resume);
+    LATTICE_RETURN_IF_ERROR(Annotate(AgreeOnStatus(world_, dir.status()), "checkpoint.resume"));
+    return Annotate(ResumeFrom(*dir), "checkpoint.resume");
+  }
+  if (k.dir.empty()) return absl::OkStatus();
+  absl::StatusOr<std::vector<CheckpointEntry>> all = ListCheckpoints(k.dir);
+  LATTICE_RETURN_IF_ERROR(Annotate(AgreeOnStatus(world_, all.status()), "checkpoint.dir"));
+  if (all->empty()) {
+    if (is_logger()) {
+      std::printf("lattice train: no checkpoint in %s yet: starting from iteration 0\n",
+                  k.dir.c_str());
+    }
+    return absl::OkStatus();
+  }
+  std::vector<std::string> errors;
+  for (auto it = all->rbegin(); it != all->rend(); ++it) {
+    absl::Status s = ResumeFrom(it->path);
+    if (s.ok()) {
+      if (!errors.empty() && is_logger()) {
+        std::printf("lattice train: fell back to %s, the newest usable checkpoint\n",
+                    it->path.c_str());
+      }
+      return absl::OkStatus();
+    }
+    errors.push_back(std::string(s.message()));
+    if (is_logger()) {
+      std::fprintf(stderr, "lattice train: warning: checkpoint %s is unusable: %s\n",
+                   it->path.c_str(), std::string(s.message()).c_str());
+      std::fflush(stderr);
+    }
+  }
+  return absl::DataLossError(absl::StrCat(
+      "checkpoint.resume=auto: none of the ", all->size(), " committed checkpoints in ", k.dir,
+      " is usable (", absl::StrJoin(errors, "; "),
+      "); fix or remove them, or start afresh with checkpoint.resume=none"));
+}
+
+absl::Status Trainer::OpenMetrics() {
+  if (cfg_.train.metrics_file.empty() || !is_logger()) return absl::OkStatus();
+  const std::string& path = cfg_.train.metrics_file;
+  // Never through a symbolic link (runtime/io/output_file.h).
+  absl::StatusOr<OutputStream> metrics = OpenOutputStream(
+      path, resumed_from_.empty() ? ExistingContent::kTruncate : ExistingContent::kAppend);
+  if (!metrics.ok()) return Annotate(metrics.status(), "train.metrics_file");
+  if (!resumed_from_.empty()) {
+    // The rows up to the checkpoint's iteration stay; the crashed run's rows after it (and a
+    // line cut short by the crash) go, since this run computes those iterations again.
+    const int64_t iteration = engine_->iteration();
+    std::ifstream in(path, std::ios::binary);
+    std::string line;
+    int64_t keep = 0, dropped = 0;
+    bool cut = false;
+    while (std::getline(in, line)) {
+      const bool complete = !in.eof();
+      if (!cut) {
+        absl::StatusOr<nlohmann::json> row = ParseJson(line);
+        const bool before = complete && row.ok() && row->is_object() && row->contains("step") &&
+                            (*row)["step"].is_number_integer() &&
+                            (*row)["step"].get<int64_t>() <= iteration;
+        if (before) {
+          keep += static_cast<int64_t>(line.size()) + 1;
+          continue;
+        }
+        cut = true;
+      }
+      ++dropped;
+    }
+    if (::ftruncate(::fileno(metrics->get()), keep) != 0) {
+      return absl::PermissionDeniedError(absl::StrCat("train.metrics_file: cannot truncate '",
+                                                      path, "': ", std::strerror(errno)));
+    }
+    if (dropped > 0) {
+      std::printf("lattice train: %s: dropped %lld row(s) after iteration %lld (this run "
+                  "repeats them)\n",
+                  path.c_str(), static_cast<long long>(dropped), static_cast<long long>(iteration));
+    }
+  }
+  metrics_ = metrics->release();
+  return absl::OkStatus();
+}
+
+void Trainer::Report(const std::optional<SaveStats>& stats) const {
+  if (!stats.has_value() || !is_logger()) return;
+  const SaveStats& s = *stats;
+  std::printf(
+      "lattice train: checkpoint %s committed: %.1f MiB from %d rank(s) in %.2f s (shard write "
+      "%.2f s on the slowest rank, %.2f GB/s all ranks%s), commit %.3f s, host copy %.1f MiB "
+      "(largest rank)%s%s\n",
+      s.path.c_str(), s.bytes / 1048576.0, world_.size(), s.total_seconds, s.write_seconds,
+      s.write_seconds > 0 ? s.bytes / s.write_seconds / 1e9 : 0.0,
+      cfg_.checkpoint.async ? absl::StrFormat(", async copy %.3f s", s.copy_seconds).c_str() : "",
+      s.commit_seconds, s.host_copy_bytes / 1048576.0, s.removed.empty() ? "" : "; removed ",
+      absl::StrJoin(s.removed, ", ").c_str());
+  std::fflush(stdout);
 }
 
 absl::StatusOr<StepMetrics> Trainer::Step() {
@@ -158,7 +364,8 @@ absl::StatusOr<double> Trainer::Evaluate() {
   return sums.second > 0 ? sums.first / static_cast<double>(sums.second) : 0.0;
 }
 
-absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss) {
+absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss,
+                                   double checkpoint_ms, bool save_in_flight) {
   if (metrics_ == nullptr) return absl::OkStatus();
   nlohmann::json j = {{"step", m.step},
                       {"loss", m.loss},
@@ -172,6 +379,13 @@ absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss)
                       {"layout", engine_->LayoutString()},
                       {"comm_bytes_rank0", m.comm_bytes},
                       {"peak_in_flight_rank0", m.peak_in_flight}};
+  // The training loop's pause for checkpoints at this step boundary (a sync save, an async
+  // save's copy, or committing one): what async saving is meant to make small.
+  // And whether an async save was being written while this step ran.
+  if (saver_ != nullptr) {
+    j["checkpoint_ms"] = checkpoint_ms;
+    j["checkpoint_in_flight"] = save_in_flight;
+  }
   if (val_loss != nullptr) {
     j["val_loss"] = *val_loss;
     j["val_ppl"] = std::exp(*val_loss);
@@ -208,7 +422,10 @@ absl::Status Trainer::Run() {
     std::fflush(stdout);
   }
   const auto start = std::chrono::steady_clock::now();
+  const int64_t first_iteration = engine_->iteration();  // > 0 after a resume
   for (int64_t s = engine_->iteration(); s < cfg_.train.steps; ++s) {
+    MaybeInjectFault("train_step", world_.rank(), s + 1);
+    const bool save_in_flight = saver_ != nullptr && saver_->in_flight();
     LATTICE_ASSIGN_OR_RETURN(StepMetrics m, Step());
     double val_loss = 0;
     bool have_val = false;
@@ -234,13 +451,39 @@ absl::Status Trainer::Run() {
                   static_cast<long long>(m.step), val_loss, std::exp(val_loss));
     }
     std::fflush(stdout);
-    LATTICE_RETURN_IF_ERROR(WriteMetrics(m, have_val ? &val_loss : nullptr));
+    double checkpoint_ms = 0;
+    if (saver_ != nullptr) {
+      const auto pause = std::chrono::steady_clock::now();
+      LATTICE_ASSIGN_OR_RETURN(std::optional<SaveStats> committed, saver_->Poll());
+      Report(committed);
+      const int64_t every = cfg_.checkpoint.interval;
+      if ((every > 0 && m.step % every == 0) || m.step == cfg_.train.steps) {
+        LATTICE_ASSIGN_OR_RETURN(committed, saver_->Save(*registry_, Contents()));
+        Report(committed);
+      }
+      checkpoint_ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - pause)
+              .count();
+    }
+    LATTICE_RETURN_IF_ERROR(
+        WriteMetrics(m, have_val ? &val_loss : nullptr, checkpoint_ms, save_in_flight));
+  }
+  if (saver_ != nullptr) {
+    // An async save still writing: wait for it, commit it, surface its error.
+    LATTICE_ASSIGN_OR_RETURN(std::optional<SaveStats> committed, saver_->Finish());
+    Report(committed);
   }
   const double minutes =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+  // The largest rank's peak resident memory over the whole run (what a checkpoint's host copy
+  // adds shows up here: tests/bench/checkpoint_bench.py compares runs).
+  int32_t peak_mib = static_cast<int32_t>(PeakResidentBytes() >> 20);
+  LATTICE_RETURN_IF_ERROR(world_.AllReduce(&peak_mib, 1, CommType::kI32, ReduceOp::kMax));
   if (is_logger()) {
+    std::printf("lattice train: peak resident memory %d MiB (largest rank)\n", peak_mib);
     std::printf("lattice train: %lld steps in %.2f minutes\n",
-                static_cast<long long>(cfg_.train.steps), minutes);
+                static_cast<long long>(std::max<int64_t>(cfg_.train.steps - first_iteration, 0)),
+                minutes);
   }
   if (!cfg_.train.save_weights.empty()) {
     // The shards are gathered (collective); rank 0 writes, and every rank learns the outcome.

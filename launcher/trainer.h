@@ -4,6 +4,14 @@
 // one rank it is the plain single-process loop). Samples come from the dataset's own
 // data-parallel cursor (runtime/data/dataset.h, SampleStream), whose DataLoaderState is what a
 // checkpoint saves.
+//
+// Checkpoints (parallel/checkpoint.h, docs/checkpoints.md): with checkpoint.dir set, the whole
+// training state is saved every checkpoint.interval iterations and at the end (sync or async),
+// and checkpoint.resume (auto: the newest good checkpoint of checkpoint.dir, falling back to
+// older ones when the newest is damaged; or a path) restores it onto this run's layout before
+// the first step: the weights, AdamW's moments and step, the iteration, the NaN-iteration count
+// and the data position. A resumed run appends to its metrics file (dropping the rows of
+// iterations after the checkpoint, which the run repeats), so the step numbers continue.
 #ifndef LATTICE_LAUNCHER_TRAINER_H_
 #define LATTICE_LAUNCHER_TRAINER_H_
 
@@ -11,6 +19,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +27,7 @@
 #include "model/decoder.h"
 #include "model/optimizer.h"
 #include "model/weights_file.h"
+#include "parallel/checkpoint.h"
 #include "parallel/communicator.h"
 #include "parallel/engine.h"
 #include "runtime/config.h"
@@ -56,11 +66,27 @@ class Trainer {
   int64_t consumed_samples() const { return train_->consumed_samples(); }
   // Where the training data stream is: what a checkpoint saves and a resume restores.
   DataLoaderState data_state() const { return train_->State(); }
+  // The checkpoint this run resumed from ("" for a fresh start).
+  const std::string& resumed_from() const { return resumed_from_; }
 
  private:
   Trainer(const Config& cfg, Communicator& world) : cfg_(cfg), world_(world) {}
-  absl::Status WriteMetrics(const StepMetrics& m, const double* val_loss);
+  absl::Status WriteMetrics(const StepMetrics& m, const double* val_loss, double checkpoint_ms,
+                            bool save_in_flight);
   bool is_logger() const { return world_.rank() == 0; }
+  // train.init_weights: a checkpoint directory or a safetensors file; each rank reads only the
+  // boxes (rows and columns) it holds. Collective.
+  absl::Status LoadInitialWeights();
+  // checkpoint.resume. Collective.
+  absl::Status Resume();
+  // Restores the state of one checkpoint directory. Collective; on error nothing of the
+  // checkpoint is kept (a later candidate overwrites all of it).
+  absl::Status ResumeFrom(const std::string& dir);
+  CheckpointContents Contents() const;
+  void Report(const std::optional<SaveStats>& stats) const;
+  // Opens train.metrics_file: truncated for a fresh run; appended to after a resume, without
+  // the rows of iterations after it.
+  absl::Status OpenMetrics();
 
   Config cfg_;
   Communicator& world_;
@@ -73,6 +99,10 @@ class Trainer {
   int64_t nan_iterations_ = 0;
   FILE* metrics_ = nullptr;
   std::vector<TokenBatch> batches_;
+  // The engine's state as checkpoints see it (views into the engine's buffers).
+  std::unique_ptr<TrainStateRegistry> registry_;
+  std::unique_ptr<CheckpointSaver> saver_;
+  std::string resumed_from_;
 };
 
 }  // namespace lattice

@@ -20,9 +20,11 @@ std::string ShortName(const std::string& s) {
   return s.size() <= 120 ? s : absl::StrCat(s.substr(0, 117), "...");
 }
 
+}  // namespace
+
 // The keys SaveWeights writes into __metadata__ must agree with the config. A file without
 // them (safetensors.torch.save_file, another tool) is judged by its tensor shapes alone.
-absl::Status CheckMetadata(const SafetensorsFile& file, const ModelConfig& c) {
+absl::Status CheckWeightsMetadata(const SafetensorsFile& file, const ModelConfig& c) {
   const std::map<std::string, std::string>& meta = file.metadata();
   auto mismatch = [&](const char* key, const std::string& config_key,
                       const std::string& expected) -> absl::Status {
@@ -46,6 +48,8 @@ absl::Status CheckMetadata(const SafetensorsFile& file, const ModelConfig& c) {
       mismatch("padded_vocab", "the padded vocabulary of the config", std::to_string(c.padded_vocab())));
   return absl::OkStatus();
 }
+
+namespace {
 
 // Weights with a NaN or Inf would train or evaluate to NaN silently ("loss": null); name the
 // first bad element so the file can be inspected.
@@ -80,7 +84,7 @@ absl::Status SaveWeights(const Decoder& model, const std::string& path) {
 absl::StatusOr<std::map<std::string, Tensor>> ReadWeights(const ModelConfig& c,
                                                            const std::string& path) {
   LATTICE_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
-  LATTICE_RETURN_IF_ERROR(CheckMetadata(*file, c));
+  LATTICE_RETURN_IF_ERROR(CheckWeightsMetadata(*file, c));
   std::map<std::string, Tensor> out;
   const auto shapes = Decoder::ParameterShapes(c);
   for (const auto& [name, shape] : shapes) {
@@ -113,7 +117,7 @@ absl::Status SaveWeights(const ModelConfig& c,
 
 absl::Status LoadWeights(Decoder& model, const std::string& path) {
   LATTICE_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
-  LATTICE_RETURN_IF_ERROR(CheckMetadata(*file, model.config()));
+  LATTICE_RETURN_IF_ERROR(CheckWeightsMetadata(*file, model.config()));
   if (file->names().size() != model.params().params().size()) {
     for (const std::string& name : file->names()) {
       if (model.params().Find(name) == nullptr) {

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "model/decoder.h"
 #include "runtime/config.h"
+#include "runtime/io/safetensors.h"
 #include "runtime/tensor.h"
 
 namespace lattice {
@@ -32,6 +33,9 @@ absl::StatusOr<std::map<std::string, Tensor>> ReadWeights(const ModelConfig& c,
 // arch / vocab_size / padded_vocab (written by SaveWeights) differ from the config, or whose
 // lattice_format_version is not this build's. Files without those keys are judged by shapes.
 absl::Status LoadWeights(Decoder& model, const std::string& path);
+// The __metadata__ check of both readers (arch, vocab sizes, format version against `c`), for
+// readers that copy only part of each tensor (parallel/checkpoint.h, LoadWeightsFile).
+absl::Status CheckWeightsMetadata(const SafetensorsFile& file, const ModelConfig& c);
 
 }  // namespace lattice
 

@@ -71,17 +71,7 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(
   }
   LATTICE_ASSIGN_OR_RETURN(e->comms_, SplitGrid(world, g));
 
-  ModelShard shard;
-  shard.tp_rank = g.tp_rank();
-  shard.tp_size = g.tp_size();
-  shard.sequence_parallel = p.sequence_parallel;
-  const int virtual_stages = g.pp_size() * e->vpp_;
-  for (int c = 0; c < e->vpp_; ++c) {
-    shard.chunks.push_back(
-        StageLayers(cfg.model.n_layer, virtual_stages, c * g.pp_size() + g.pp_rank()));
-  }
-  shard.embedding = g.IsFirstStage();
-  shard.head = g.IsLastStage();
+  const ModelShard shard = ShardFor(cfg, g);
   // Memory is planned, not discovered: refuse (on every rank, before allocating anything) a
   // model this node cannot hold.
   absl::StatusOr<EngineMemory> plan =
@@ -146,6 +136,22 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(
   }
   std::sort(e->norm_ranges_.begin(), e->norm_ranges_.end());
   return e;
+}
+
+ModelShard ParallelEngine::ShardFor(const Config& cfg, const ProcessGrid& g) {
+  ModelShard shard;
+  shard.tp_rank = g.tp_rank();
+  shard.tp_size = g.tp_size();
+  shard.sequence_parallel = cfg.parallel.sequence_parallel;
+  const int vpp = static_cast<int>(cfg.parallel.vpp);
+  const int virtual_stages = g.pp_size() * vpp;
+  for (int c = 0; c < vpp; ++c) {
+    shard.chunks.push_back(
+        StageLayers(cfg.model.n_layer, virtual_stages, c * g.pp_size() + g.pp_rank()));
+  }
+  shard.embedding = g.IsFirstStage();
+  shard.head = g.IsLastStage();
+  return shard;
 }
 
 absl::StatusOr<EngineMemory> ParallelEngine::PlanMemory(const Config& cfg, const ProcessGrid& g,
@@ -639,6 +645,28 @@ absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> ParallelEngine::Gath
 absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> ParallelEngine::GatherGradients() {
   // ZeRO-1 reduce-scatters the gradients: only the owner of a bucket chunk holds its sum.
   return GatherFlat(model_->params().flat_grads().f32(), /*dp_sharded=*/cfg_.parallel.zero1);
+}
+
+absl::StatusOr<std::pair<std::vector<std::pair<std::string, Tensor>>,
+                         std::vector<std::pair<std::string, Tensor>>>>
+ParallelEngine::GatherOptimizerState() {
+  const int64_t numel = model_->params().numel();
+  // The moments in flat (parameter) coordinates. Plain data parallelism keeps them that way on
+  // every dp rank; ZeRO-1 keeps this rank's shard at each segment's state_offset, spread back
+  // here to the flat positions it owns (GatherFlat then takes each element from its owner).
+  auto flat = [&](const Tensor& state) -> Tensor {
+    if (!cfg_.parallel.zero1) return state;
+    Tensor f = Tensor::Zeros({numel}, DType::kF32);
+    for (const OptimizerSegment& s : optimizer_->segments()) {
+      std::memcpy(f.f32() + s.begin, state.f32() + s.state_offset,
+                  static_cast<size_t>(s.numel()) * sizeof(float));
+    }
+    return f;
+  };
+  const Tensor m = flat(optimizer_->m()), v = flat(optimizer_->v());
+  LATTICE_ASSIGN_OR_RETURN(auto gm, GatherFlat(m.f32(), cfg_.parallel.zero1));
+  LATTICE_ASSIGN_OR_RETURN(auto gv, GatherFlat(v.f32(), cfg_.parallel.zero1));
+  return std::make_pair(std::move(gm), std::move(gv));
 }
 
 absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> ParallelEngine::GatherFlat(

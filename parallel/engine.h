@@ -153,9 +153,19 @@ class ParallelEngine {
   // The unsharded gradients of the last Step (summed over the global batch, before clipping),
   // in the same order, on every rank (collective over the world).
   absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> GatherGradients();
+  // AdamW's first and second moments as unsharded tensors named like the parameters, on every
+  // rank (collective over the world): each element from the rank that holds its update (its
+  // ZeRO-1 owner). What a checkpoint of any layout must give back bit for bit.
+  absl::StatusOr<std::pair<std::vector<std::pair<std::string, Tensor>>,
+                           std::vector<std::pair<std::string, Tensor>>>>
+  GatherOptimizerState();
   // Copies this rank's shards out of unsharded parameters: `get(name)` returns the tensor of
   // that name (or nullptr: an error naming it). Shapes must match the configuration.
   absl::Status LoadParameters(const std::function<const Tensor*(const std::string&)>& get);
+  // The part of the model the rank at `grid` holds under `cfg`'s layout (its tensor-parallel
+  // rank, pipeline chunks, embedding and head), as Create builds it. Also used to lay out the
+  // ranks of another layout without running them (lattice ckpt reshard).
+  static ModelShard ShardFor(const Config& cfg, const ProcessGrid& grid);
 
   // Iterations taken (skipped ones included): what the learning-rate schedule counts.
   int64_t iteration() const { return iteration_; }

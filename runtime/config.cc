@@ -389,6 +389,19 @@ const std::vector<KeySpec>& Keys() {
                                           {"gpipe", PipelineSchedule::kGpipe},
                                           {"interleaved", PipelineSchedule::kInterleaved}},
               "pipeline schedule"),
+
+      StringKey("checkpoint.dir", LATTICE_CONFIG_FIELD(checkpoint.dir),
+                "directory of sharded checkpoints (empty = none)"),
+      IntKey("checkpoint.interval", LATTICE_CONFIG_FIELD(checkpoint.interval),
+             "iterations between checkpoints; 0 = only at the end"),
+      BoolKey("checkpoint.async", LATTICE_CONFIG_FIELD(checkpoint.async),
+              "write checkpoints from a background thread"),
+      IntKey("checkpoint.keep", LATTICE_CONFIG_FIELD(checkpoint.keep),
+             "newest checkpoints kept; 0 = keep all"),
+      IntKey("checkpoint.keep_every", LATTICE_CONFIG_FIELD(checkpoint.keep_every),
+             "also keep checkpoints whose iteration is a multiple of this; 0 = none"),
+      StringKey("checkpoint.resume", LATTICE_CONFIG_FIELD(checkpoint.resume),
+                "auto (newest good one in checkpoint.dir) | none | <checkpoint path>"),
   };
   return *keys;
 }
@@ -683,6 +696,16 @@ absl::Status Config::Validate() const {
   CheckRange(e, "parallel.pp", p.pp, 1, kMaxParallel);
   CheckRange(e, "parallel.vpp", p.vpp, 1, kMaxParallel);
   CheckRange(e, "parallel.dp", p.dp, 0, kMaxParallel);
+  CheckRange(e, "checkpoint.interval", checkpoint.interval, 0, kMaxSize);
+  CheckRange(e, "checkpoint.keep", checkpoint.keep, 0, kMaxSize);
+  CheckRange(e, "checkpoint.keep_every", checkpoint.keep_every, 0, kMaxSize);
+  if (checkpoint.resume.empty()) {
+    e.Add("checkpoint.resume is empty; give auto, none or a checkpoint path");
+  }
+  if (checkpoint.keep_every > 0 && checkpoint.keep == 0) {
+    e.Add(absl::StrCat("checkpoint.keep_every=", checkpoint.keep_every,
+                       " needs checkpoint.keep > 0 (keep=0 keeps every checkpoint already)"));
+  }
   if (!e.empty()) return e.ToStatus();
 
   // Floats (the parser rejects NaN and inf, but a Config can also be built in code).

@@ -97,12 +97,25 @@ struct ParallelConfig {
   bool operator==(const ParallelConfig&) const = default;
 };
 
+// Sharded checkpoints of the whole training state (parallel/checkpoint.h, docs/checkpoints.md).
+struct CheckpointConfig {
+  std::string dir;                  // checkpoint.dir (empty = no checkpoints)
+  int64_t interval = 0;             // checkpoint.interval (iterations; 0 = only at the end)
+  bool async = false;               // checkpoint.async (write from a background thread)
+  int64_t keep = 0;                 // checkpoint.keep (newest kept; 0 = keep all)
+  int64_t keep_every = 0;           // checkpoint.keep_every (also keep multiples; 0 = none)
+  std::string resume = "auto";      // checkpoint.resume: auto | none | <path>
+
+  bool operator==(const CheckpointConfig&) const = default;
+};
+
 struct Config {
   int version = 1;
   ModelConfig model;
   TrainConfig train;
   DataConfig data;
   ParallelConfig parallel;
+  CheckpointConfig checkpoint;
 
   // Checks every invariant that does not need the world size; messages name key and numbers.
   absl::Status Validate() const;

@@ -271,6 +271,7 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
                                       "-byte buffer; the rest belongs to no tensor"));
   }
   st->buffer_ = file->data() + 8 + header_len;
+  st->buffer_offset_ = 8 + header_len;
   st->file_ = std::move(file);
   return st;
 }
@@ -305,6 +306,12 @@ absl::StatusOr<Tensor> SafetensorsFile::Read(const std::string& name) const {
   Tensor t = Tensor::Zeros(info->shape, info->dtype);
   if (info->end > info->begin) std::memcpy(t.raw(), Bytes(*info), info->end - info->begin);
   return t;
+}
+
+absl::StatusOr<std::pair<const uint8_t*, uint64_t>> SafetensorsFile::RawBytes(
+    const std::string& name) const {
+  LATTICE_ASSIGN_OR_RETURN(const SafetensorsTensorInfo* info, Find(name));
+  return std::make_pair(Bytes(*info), info->end - info->begin);
 }
 
 absl::Status SafetensorsFile::ReadInto(const std::string& name, const Tensor& dst) const {

@@ -55,6 +55,11 @@ class SafetensorsFile {
   // Copies the tensor into `dst` (a CPU tensor of the same shape), converting between the float
   // dtypes (F32/BF16/F16) or between the integer dtypes (I32/U16/U32) as needed.
   absl::Status ReadInto(const std::string& name, const Tensor& dst) const;
+  // The tensor's bytes in the mapping, any dtype, valid while this object lives (lets a reader
+  // copy the part of a tensor it needs without reading the rest).
+  absl::StatusOr<std::pair<const uint8_t*, uint64_t>> RawBytes(const std::string& name) const;
+  // File offset of the byte buffer (8 + header length): data_offsets are relative to it.
+  uint64_t buffer_offset() const { return buffer_offset_; }
 
  private:
   SafetensorsFile() = default;
@@ -65,6 +70,7 @@ class SafetensorsFile {
   std::string path_;
   std::unique_ptr<MappedFile> file_;
   const uint8_t* buffer_ = nullptr;  // the byte buffer, after the header
+  uint64_t buffer_offset_ = 0;
   std::vector<std::string> names_;
   std::map<std::string, SafetensorsTensorInfo> infos_;
   std::map<std::string, std::string> metadata_;

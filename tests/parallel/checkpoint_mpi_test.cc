@@ -1,0 +1,410 @@
+// LATTICE_MPI_NP: 8
+// LATTICE_TEST_LABELS: numeric
+//
+// Checkpoints across layouts (parallel/checkpoint.h), in process, on sub-worlds of the 8 ranks:
+//
+// 1. The reshard matrix. A tiny GPT-2 (tied embedding, vocabulary padded 50 -> 64) and a tiny
+//    Llama (GQA: 4 heads, 2 kv heads, so tp=4 replicates kv heads) train 3 steps at each of six
+//    layouts (plain, ZeRO-1 data parallel, tp x pp with sequence parallelism, dp x tp x pp with
+//    ZeRO-1, interleaved pp with vpp=2, tp=4 x dp=2 with ZeRO-1), with 2 KiB gradient buckets
+//    so ZeRO-1 chunks cut parameters mid-row; each saves a checkpoint. Every other layout loads
+//    it: the weights and AdamW's moments gathered from the loading layout equal the saving
+//    layout's gathered state bit for bit (the padded vocabulary rows included), the counters
+//    are restored, and two more steps give the uninterrupted single-rank run's losses within
+//    1e-5 relative (engine_mpi_test.cc says where 1e-5 comes from: fp32 sums in other orders).
+// 2. Each rank reads only what it holds: a tp x pp rank reads well under the whole payload, a
+//    one-rank layout reads all of it exactly once.
+// 3. An async save writes the same bytes as a sync save of the same state (every shard file and
+//    the index are byte-identical).
+#include <gtest/gtest.h>
+
+#include <stdlib.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "model/optimizer.h"
+#include "parallel/checkpoint.h"
+#include "parallel/communicator.h"
+#include "parallel/engine.h"
+#include "runtime/config.h"
+#include "runtime/io/checkpoint_format.h"
+#include "tests/parallel/adam_drift.h"
+#include "tests/parallel/engine_testing.h"
+#include "tests/parallel/mpi_harness.h"
+
+namespace lattice {
+namespace {
+
+namespace fs = std::filesystem;
+using lattice::testing::FreshWorld;
+using lattice::testing::Gathered;
+using lattice::testing::NamedTensors;
+using lattice::testing::World;
+
+// Continued losses agree with the single-rank run to this (see the header comment).
+constexpr double kTol = 1e-5;
+constexpr int64_t kGlobalBatch = 8;
+constexpr int64_t kMicro = 2;
+constexpr int64_t kSeqLen = 16;
+constexpr int kSaveStep = 3;   // the checkpoint is taken after this many steps
+constexpr int kMoreSteps = 2;  // steps taken after loading it
+// Small buckets: ZeRO-1 chunks then cut parameters in the middle of rows.
+constexpr int64_t kBucketBytes = 2048;
+
+struct Layout {
+  int dp = 1, tp = 1, pp = 1, vpp = 1;
+  bool sp = false, zero1 = false;
+  PipelineSchedule schedule = PipelineSchedule::kOneFOneB;
+  int world() const { return dp * tp * pp; }
+  std::string Name() const {
+    return absl::StrCat("(dp,tp,pp)=(", dp, ",", tp, ",", pp, ")", vpp > 1 ? " vpp=2" : "",
+                        sp ? " sp" : "", zero1 ? " zero1" : "");
+  }
+};
+
+std::vector<Layout> Layouts() {
+  std::vector<Layout> l(6);
+  l[1].dp = 2;
+  l[1].zero1 = true;
+  l[2].tp = 2;
+  l[2].pp = 2;
+  l[2].sp = true;
+  l[3].dp = 2;
+  l[3].tp = 2;
+  l[3].pp = 2;
+  l[3].zero1 = true;
+  l[4].dp = 2;
+  l[4].pp = 2;
+  l[4].vpp = 2;
+  l[4].schedule = PipelineSchedule::kInterleaved;
+  l[5].dp = 2;
+  l[5].tp = 4;
+  l[5].zero1 = true;
+  return l;
+}
+
+Config ModelConfigFor(Arch arch) {
+  Config c;
+  c.model.arch = arch;
+  c.model.n_layer = 4;
+  c.model.d_model = 32;
+  c.model.n_head = 4;
+  c.model.seq_len = kSeqLen;
+  c.model.vocab_pad_multiple = 64;
+  if (arch == Arch::kLlama) {
+    c.model.n_kv_head = 2;
+    c.model.d_ff = 64;
+    c.model.vocab_size = 60;
+  } else {
+    c.model.vocab_size = 50;
+  }
+  c.train.seed = 11;
+  c.train.micro_batch_size = kMicro;
+  c.train.global_batch_size = kGlobalBatch;
+  c.train.steps = kSaveStep + kMoreSteps;
+  c.train.lr = 3e-3f;
+  c.train.min_lr = 3e-4f;
+  c.train.warmup_steps = 1;
+  return c;
+}
+
+Config WithLayout(Config c, const Layout& l) {
+  c.parallel.tp = l.tp;
+  c.parallel.pp = l.pp;
+  c.parallel.vpp = l.vpp;
+  c.parallel.dp = l.dp;
+  c.parallel.sequence_parallel = l.sp;
+  c.parallel.zero1 = l.zero1;
+  c.parallel.schedule = l.schedule;
+  return c;
+}
+
+// Global sample g: pseudo-random tokens; the last g % 3 targets are ignored.
+TokenBatch Samples(int64_t first, int64_t b, int64_t vocab) {
+  TokenBatch mb;
+  mb.b = b;
+  mb.t = kSeqLen;
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t g = first + i;
+    std::vector<int32_t> s(kSeqLen + 1);
+    uint64_t x = static_cast<uint64_t>(g) * 0x9E3779B97F4A7C15ull + 7;
+    for (auto& v : s) {
+      x ^= x >> 31;
+      x *= 0xBF58476D1CE4E5B9ull;
+      x ^= x >> 29;
+      v = static_cast<int32_t>(x % static_cast<uint64_t>(vocab));
+    }
+    mb.inputs.insert(mb.inputs.end(), s.begin(), s.end() - 1);
+    for (int64_t j = 1; j <= kSeqLen; ++j) mb.targets.push_back(j > kSeqLen - g % 3 ? -1 : s[j]);
+  }
+  return mb;
+}
+
+// Step `step` (0-based) of dp rank r: Megatron's sampler over global sample indices.
+std::vector<TokenBatch> LocalBatches(int step, int dp, int dp_rank, int64_t vocab) {
+  std::vector<TokenBatch> out;
+  const int64_t start = step * kGlobalBatch;
+  for (int64_t s = start; s < start + kGlobalBatch; s += kMicro * dp) {
+    out.push_back(Samples(s + dp_rank * kMicro, kMicro, vocab));
+  }
+  return out;
+}
+
+std::unique_ptr<ParallelEngine> MakeEngine(const Config& base, Communicator& comm) {
+  Config cfg = base;
+  absl::Status v = cfg.ValidateLayout(comm.size());
+  EXPECT_TRUE(v.ok()) << v;
+  EngineOptions options;
+  options.bucket_bytes = kBucketBytes;
+  absl::StatusOr<std::unique_ptr<ParallelEngine>> e = ParallelEngine::Create(cfg, comm, options);
+  EXPECT_TRUE(e.ok()) << e.status();
+  return e.ok() ? std::move(e).value() : nullptr;
+}
+
+// Takes steps [first, last) and returns their losses.
+std::vector<double> TakeSteps(ParallelEngine& engine, const Config& cfg, int first, int last) {
+  std::vector<double> losses;
+  const ProcessGrid& g = engine.grid();
+  for (int s = first; s < last; ++s) {
+    const float lr = LearningRate(cfg.train, engine.iteration() + 1);
+    absl::StatusOr<EngineStepResult> r =
+        engine.Step(LocalBatches(s, g.dp_size(), g.dp_rank(), cfg.model.vocab_size), lr);
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (!r.ok()) break;
+    losses.push_back(r->loss);
+  }
+  return losses;
+}
+
+// Weights, then the first and second moments, gathered (collective over the engine's world).
+NamedTensors GatherState(ParallelEngine& engine) {
+  NamedTensors all = Gathered(engine.GatherParameters());
+  auto opt = engine.GatherOptimizerState();
+  EXPECT_TRUE(opt.ok()) << opt.status();
+  if (!opt.ok()) return all;
+  for (auto& [name, t] : opt->first) all.emplace_back("exp_avg/" + name, std::move(t));
+  for (auto& [name, t] : opt->second) all.emplace_back("exp_avg_sq/" + name, std::move(t));
+  return all;
+}
+
+// Tensors that differ in any bit, by name ("" when none).
+std::string FirstDifference(const NamedTensors& got, const NamedTensors& want) {
+  if (got.size() != want.size()) return absl::StrCat(got.size(), " vs ", want.size(), " tensors");
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (got[i].first != want[i].first) return got[i].first + " vs " + want[i].first;
+    const Tensor& a = got[i].second;
+    const Tensor& b = want[i].second;
+    if (a.shape() != b.shape() || std::memcmp(a.raw(), b.raw(), a.nbytes()) != 0) {
+      for (int64_t k = 0; k < a.numel() && k < b.numel(); ++k) {
+        if (std::memcmp(a.f32() + k, b.f32() + k, 4) != 0) {
+          return absl::StrCat(got[i].first, " element ", k, ": ", a.f32()[k], " vs ",
+                              b.f32()[k]);
+        }
+      }
+      return got[i].first + " (shape)";
+    }
+  }
+  return "";
+}
+
+// The ranks [0, n) of the world as a communicator; nullptr elsewhere. Collective.
+std::unique_ptr<Communicator> SubWorld(int n) {
+  const int rank = World().rank();
+  absl::StatusOr<std::unique_ptr<Communicator>> c =
+      World().Split(rank < n ? 0 : Communicator::kNoColor, rank);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? std::move(c).value() : nullptr;
+}
+
+// A fresh directory every rank knows (rank 0 makes it; the path is broadcast).
+std::string SharedTempDir() {
+  char path[256] = {0};
+  if (World().rank() == 0) {
+    const std::string pattern =
+        (fs::temp_directory_path() / "lattice_ckpt_test_XXXXXX").string();
+    std::snprintf(path, sizeof(path), "%s", pattern.c_str());
+    EXPECT_NE(::mkdtemp(path), nullptr);
+  }
+  EXPECT_TRUE(World().Broadcast(path, sizeof(path), CommType::kU8, 0).ok());
+  return path;
+}
+
+CheckpointContents ContentsFor(const Config& cfg, const ParallelEngine& engine) {
+  CheckpointContents c;
+  c.iteration = engine.iteration();
+  c.optimizer_step = engine.optimizer().step();
+  c.seed = cfg.train.seed;
+  Config validated = cfg;
+  EXPECT_TRUE(validated.ValidateLayout(engine.grid().world_size()).ok());
+  c.config_yaml = validated.ToYaml();
+  c.layout = LayoutOf(validated);
+  return c;
+}
+
+std::string ReadFile(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+class ReshardMatrix : public ::testing::TestWithParam<Arch> {};
+
+TEST_P(ReshardMatrix, EveryLayoutLoadsEveryOtherBitForBit) {
+  const Arch arch = GetParam();
+  const Config base = ModelConfigFor(arch);
+  const std::vector<Layout> layouts = Layouts();
+  const std::string root = SharedTempDir();
+
+  // The uninterrupted single-rank run, on every rank.
+  std::vector<double> ref_losses;
+  {
+    SelfCommunicator self;
+    std::unique_ptr<ParallelEngine> e = MakeEngine(base, self);
+    ASSERT_NE(e, nullptr);
+    ref_losses = TakeSteps(*e, base, 0, kSaveStep + kMoreSteps);
+  }
+  ASSERT_EQ(ref_losses.size(), static_cast<size_t>(kSaveStep + kMoreSteps));
+
+  // Each layout trains and saves; rank 0 keeps the gathered state it saved.
+  std::vector<NamedTensors> saved(layouts.size());
+  std::vector<std::string> dirs(layouts.size());
+  for (size_t a = 0; a < layouts.size(); ++a) {
+    SCOPED_TRACE("saved at " + layouts[a].Name());
+    const Config cfg = WithLayout(base, layouts[a]);
+    const std::string dir_root = (fs::path(root) / absl::StrCat("layout", a)).string();
+    dirs[a] = (fs::path(dir_root) / CheckpointDirName(kSaveStep)).string();
+    std::unique_ptr<Communicator> sub = SubWorld(layouts[a].world());
+    if (sub == nullptr) continue;
+    std::unique_ptr<ParallelEngine> engine = MakeEngine(cfg, *sub);
+    ASSERT_NE(engine, nullptr);
+    TakeSteps(*engine, cfg, 0, kSaveStep);
+    NamedTensors state = GatherState(*engine);
+    if (sub->rank() == 0) saved[a] = std::move(state);
+    CheckpointOptions o;
+    o.root = dir_root;
+    absl::StatusOr<std::unique_ptr<CheckpointSaver>> saver = CheckpointSaver::Create(*sub, o);
+    ASSERT_TRUE(saver.ok()) << saver.status();
+    const TrainStateRegistry reg = TrainStateRegistry::ForEngine(*engine);
+    absl::StatusOr<std::optional<SaveStats>> s = (*saver)->Save(reg, ContentsFor(cfg, *engine));
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_TRUE(s->has_value());
+    EXPECT_EQ((*s)->path, dirs[a]);
+  }
+
+  double worst = 0;
+  for (size_t a = 0; a < layouts.size(); ++a) {
+    for (size_t b = 0; b < layouts.size(); ++b) {
+      if (a == b) continue;
+      SCOPED_TRACE(layouts[a].Name() + " loaded at " + layouts[b].Name());
+      const Config cfg = WithLayout(base, layouts[b]);
+      std::unique_ptr<Communicator> sub = SubWorld(layouts[b].world());
+      if (sub == nullptr) continue;
+      std::unique_ptr<ParallelEngine> engine = MakeEngine(cfg, *sub);
+      ASSERT_NE(engine, nullptr);
+      absl::StatusOr<std::unique_ptr<CheckpointReader>> reader = CheckpointReader::Open(dirs[a]);
+      ASSERT_TRUE(reader.ok()) << reader.status();
+      ASSERT_TRUE(CheckCompatible(**reader, cfg.model, /*need_optimizer=*/true).ok());
+      const absl::Status read = ReadState(**reader, TrainStateRegistry::ForEngine(*engine));
+      ASSERT_TRUE(AgreeOnStatus(*sub, read).ok()) << read;
+      engine->set_iteration((*reader)->index().iteration);
+      engine->optimizer().set_step((*reader)->index().optimizer_step);
+      EXPECT_EQ(engine->iteration(), kSaveStep);
+      EXPECT_EQ(engine->optimizer().step(), kSaveStep);
+
+      // What each rank read: the boxes it holds, not the checkpoint.
+      const uint64_t payload = (*reader)->index().payload_bytes();
+      if (layouts[b].world() == 1) {
+        EXPECT_EQ((*reader)->bytes_read(), payload);
+      } else if (layouts[b].tp * layouts[b].pp >= 4) {
+        EXPECT_LT((*reader)->bytes_read(), payload * 6 / 10)
+            << "rank " << sub->rank() << " read " << (*reader)->bytes_read() << " of " << payload;
+      }
+
+      const NamedTensors state = GatherState(*engine);
+      if (sub->rank() == 0) {
+        EXPECT_EQ(FirstDifference(state, saved[a]), "")
+            << "the loaded weights and moments differ from the saved ones";
+      }
+      const std::vector<double> more = TakeSteps(*engine, cfg, kSaveStep, kSaveStep + kMoreSteps);
+      ASSERT_EQ(more.size(), static_cast<size_t>(kMoreSteps));
+      for (int s = 0; s < kMoreSteps; ++s) {
+        const double want = ref_losses[kSaveStep + s];
+        EXPECT_NEAR(more[s], want, kTol * std::abs(want)) << "step " << kSaveStep + s + 1;
+        worst = std::max(worst, std::abs(more[s] - want) / want);
+      }
+    }
+  }
+  if (World().rank() == 0) {
+    std::printf("  %zu layouts, %zu loads: state bit for bit; continued losses worst rel diff "
+                "%.2e vs one rank\n",
+                layouts.size(), layouts.size() * (layouts.size() - 1), worst);
+    std::error_code ec;
+    fs::remove_all(root, ec);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, ReshardMatrix, ::testing::Values(Arch::kGpt2, Arch::kLlama),
+                         [](const ::testing::TestParamInfo<Arch>& i) {
+                           return i.param == Arch::kGpt2 ? std::string("Gpt2")
+                                                         : std::string("LlamaGqa");
+                         });
+
+TEST(AsyncSave, WritesTheBytesOfASyncSave) {
+  const Layout l = Layouts()[3];  // dp x tp x pp with ZeRO-1
+  const Config cfg = WithLayout(ModelConfigFor(Arch::kGpt2), l);
+  const std::string root = SharedTempDir();
+  std::unique_ptr<Communicator> sub = SubWorld(l.world());
+  if (sub != nullptr) {
+    std::unique_ptr<ParallelEngine> engine = MakeEngine(cfg, *sub);
+    ASSERT_NE(engine, nullptr);
+    TakeSteps(*engine, cfg, 0, 2);
+    const TrainStateRegistry reg = TrainStateRegistry::ForEngine(*engine);
+    for (bool async : {false, true}) {
+      CheckpointOptions o;
+      o.root = (fs::path(root) / (async ? "async" : "sync")).string();
+      o.async = async;
+      absl::StatusOr<std::unique_ptr<CheckpointSaver>> saver = CheckpointSaver::Create(*sub, o);
+      ASSERT_TRUE(saver.ok()) << saver.status();
+      absl::StatusOr<std::optional<SaveStats>> s = (*saver)->Save(reg, ContentsFor(cfg, *engine));
+      ASSERT_TRUE(s.ok()) << s.status();
+      EXPECT_EQ(s->has_value(), !async) << "a sync save commits at once, an async one later";
+      EXPECT_EQ((*saver)->in_flight(), async);
+      // The writer owns a copy: training on does not change what it writes.
+      if (async) TakeSteps(*engine, cfg, 2, 3);
+      absl::StatusOr<std::optional<SaveStats>> f = (*saver)->Finish();
+      ASSERT_TRUE(f.ok()) << f.status();
+      EXPECT_EQ(f->has_value(), async);
+      EXPECT_FALSE((*saver)->in_flight());
+    }
+    if (sub->rank() == 0) {
+      const fs::path a = fs::path(root) / "sync" / CheckpointDirName(2);
+      const fs::path b = fs::path(root) / "async" / CheckpointDirName(2);
+      int files = 0;
+      for (const auto& entry : fs::directory_iterator(a)) {
+        const fs::path name = entry.path().filename();
+        EXPECT_EQ(ReadFile(entry.path()), ReadFile(b / name)) << name;
+        ++files;
+      }
+      EXPECT_EQ(files, l.world() + 1);  // the shards and the index
+    }
+  }
+  World().Barrier().IgnoreError();
+  if (World().rank() == 0) {
+    std::error_code ec;
+    fs::remove_all(root, ec);
+  }
+}
+
+}  // namespace
+}  // namespace lattice
+
+LATTICE_MPI_TEST_MAIN(checkpoint_mpi_test)

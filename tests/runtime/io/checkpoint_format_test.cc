@@ -1,0 +1,283 @@
+// The checkpoint file format (runtime/io/checkpoint_format.h) on hand-made checkpoints: the
+// index round-trips, coverage is validated before anything is read (gaps, overlaps, boxes
+// outside the tensor, wrong byte counts, unsafe file names), shards are valid safetensors
+// whose recorded CRC-32C is the bytes', and every kind of damage (a flipped byte, a truncated
+// or missing shard, a truncated or missing index, an index of other files) is DataLoss naming
+// the file and the tensor. Discovery lists committed checkpoints only and removes leftovers.
+#include "runtime/io/checkpoint_format.h"
+
+#include <gtest/gtest.h>
+
+#include <stdlib.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "runtime/io/crc32c.h"
+#include "runtime/io/safetensors.h"
+
+namespace lattice {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string p = (fs::temp_directory_path() / "lattice_ckfmt_XXXXXX").string();
+    path_ = ::mkdtemp(p.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// A 2-tensor checkpoint in `dir`: "model/w" (4, 3) split in two row boxes over two files,
+// "model/b" (5) in one box of file 0.
+struct Fixture {
+  std::vector<float> w = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11};
+  std::vector<float> b = {-1, -2, -3, -4, -5};
+  CheckpointIndex index;
+
+  void Write(const std::string& dir) {
+    fs::create_directories(dir);
+    const Box top{{0, 0}, {1, 3}}, rest{{1, 0}, {3, 3}}, all_b{{0}, {5}};
+    std::vector<std::vector<ShardTensor>> files = {
+        {{BoxTensorName("model/w", top), top.shape, w.data(), 12},
+         {BoxTensorName("model/b", all_b), all_b.shape, b.data(), 20}},
+        {{BoxTensorName("model/w", rest), rest.shape, w.data() + 3, 36}}};
+    std::vector<std::vector<std::pair<std::string, Box>>> which = {
+        {{"model/w", top}, {"model/b", all_b}}, {{"model/w", rest}}};
+    index.iteration = 7;
+    index.optimizer_step = 6;
+    index.skipped_iterations = 1;
+    index.nan_iterations = 1;
+    index.seed = 99;
+    index.config_yaml = "model:\n  n_layer: 1\n";
+    index.data_state = R"({"consumed_samples":56,"version":1})";
+    index.layout.world = 2;
+    index.layout.dp = 2;
+    index.tensors["model/w"].shape = {4, 3};
+    index.tensors["model/b"].shape = {5};
+    for (size_t f = 0; f < files.size(); ++f) {
+      absl::StatusOr<ShardPlan> plan = PlanShard(files[f], {{"rank", std::to_string(f)}});
+      ASSERT_TRUE(plan.ok()) << plan.status();
+      const std::string name = ShardFileName(static_cast<int>(f), 2);
+      absl::StatusOr<std::vector<uint32_t>> crcs =
+          WriteShard((fs::path(dir) / name).string(), *plan, files[f]);
+      ASSERT_TRUE(crcs.ok()) << crcs.status();
+      index.files.push_back({name, plan->file_bytes, static_cast<int>(f)});
+      for (size_t i = 0; i < files[f].size(); ++i) {
+        EXPECT_EQ((*crcs)[i], Crc32c(files[f][i].data, files[f][i].nbytes));
+        index.tensors[which[f][i].first].boxes.push_back(
+            {which[f][i].second, static_cast<int>(f), files[f][i].name, plan->offsets[i],
+             files[f][i].nbytes, (*crcs)[i]});
+      }
+    }
+    std::ofstream(fs::path(dir) / kCheckpointIndexFile) << index.ToJson();
+  }
+};
+
+std::string Message(const absl::Status& s) { return std::string(s.message()); }
+
+TEST(CheckpointFormat, NamesAndBoxes) {
+  EXPECT_EQ(CheckpointDirName(12), "step_00000012");
+  EXPECT_EQ(ShardFileName(3, 8), "shard_00003_of_00008.safetensors");
+  const Box b{{4, 8}, {2, 16}};
+  EXPECT_EQ(b.numel(), 32);
+  EXPECT_EQ(b.ToString(), "[4:6, 8:24]");
+  EXPECT_EQ(BoxTensorName("model/wte", b), "model/wte@4,8");
+}
+
+TEST(CheckpointFormat, IndexRoundTripsAndReadsBack) {
+  TempDir tmp;
+  Fixture fx;
+  fx.Write(tmp.path());
+  absl::StatusOr<CheckpointIndex> idx = ReadCheckpointIndex(tmp.path());
+  ASSERT_TRUE(idx.ok()) << idx.status();
+  EXPECT_EQ(idx->ToJson(), fx.index.ToJson());
+  EXPECT_EQ(idx->iteration, 7);
+  EXPECT_EQ(idx->optimizer_step, 6);
+  EXPECT_EQ(idx->seed, 99u);
+  EXPECT_EQ(idx->payload_bytes(), 68u);
+  absl::StatusOr<std::unique_ptr<CheckpointReader>> r = CheckpointReader::Open(tmp.path());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->files_opened(), 0);
+  // Box 1 of model/w lives in file 1 only: reading it opens that file alone.
+  absl::StatusOr<const float*> rest = (*r)->Box("model/w", 1);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  EXPECT_EQ((*r)->files_opened(), 1);
+  EXPECT_EQ((*rest)[0], 3.0f);
+  EXPECT_EQ((*rest)[8], 11.0f);
+  EXPECT_EQ((*r)->bytes_read(), 36u);
+  EXPECT_TRUE((*r)->VerifyAll().ok());
+  // The shard is a standard safetensors file; its tensor is the box.
+  absl::StatusOr<std::unique_ptr<SafetensorsFile>> st =
+      SafetensorsFile::Open((fs::path(tmp.path()) / ShardFileName(1, 2)).string());
+  ASSERT_TRUE(st.ok()) << st.status();
+  absl::StatusOr<Tensor> t = (*st)->Read("model/w@1,0");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->shape(), (Shape{3, 3}));
+  EXPECT_EQ(t->f32()[4], 7.0f);
+}
+
+TEST(CheckpointFormat, CoverageIsValidatedBeforeReading) {
+  Fixture fx;
+  TempDir tmp;
+  fx.Write(tmp.path());
+  auto expect_bad = [&](CheckpointIndex idx, const std::string& needle) {
+    const absl::Status s = ValidateIndex(idx, "x/index.json");
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << needle;
+    EXPECT_NE(Message(s).find(needle), std::string::npos) << Message(s);
+    EXPECT_NE(Message(s).find("x/index.json"), std::string::npos) << Message(s);
+  };
+  ASSERT_TRUE(ValidateIndex(fx.index, "x").ok());
+  {  // A gap: the last rows of w are nobody's.
+    CheckpointIndex i = fx.index;
+    i.tensors["model/w"].boxes.pop_back();
+    expect_bad(i, "cover 3 of 12 elements");
+  }
+  {  // An overlap of the same size as the gap it leaves.
+    CheckpointIndex i = fx.index;
+    i.tensors["model/w"].boxes[1].box.offset = {0, 0};
+    expect_bad(i, "overlap");
+  }
+  {  // Outside the tensor.
+    CheckpointIndex i = fx.index;
+    i.tensors["model/w"].boxes[1].box.offset = {2, 0};
+    expect_bad(i, "outside shape");
+  }
+  {  // The bytes do not match the box.
+    CheckpointIndex i = fx.index;
+    i.tensors["model/b"].boxes[0].nbytes = 16;
+    expect_bad(i, "needs 20");
+  }
+  {  // A file name that leaves the directory.
+    CheckpointIndex i = fx.index;
+    i.files[0].name = "../elsewhere.safetensors";
+    expect_bad(i, "not a plain name");
+  }
+  {  // dims of the box vs the tensor.
+    CheckpointIndex i = fx.index;
+    i.tensors["model/b"].boxes[0].box = Box{{0, 0}, {5, 1}};
+    expect_bad(i, "dims");
+  }
+}
+
+TEST(CheckpointFormat, DamageIsNamedByFileAndTensor) {
+  // A flipped byte in a shard's data.
+  {
+    TempDir tmp;
+    Fixture fx;
+    fx.Write(tmp.path());
+    const fs::path shard = fs::path(tmp.path()) / ShardFileName(1, 2);
+    {
+      std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(static_cast<std::streamoff>(fx.index.tensors["model/w"].boxes[1].byte_offset + 5));
+      f.put('\x7f');
+    }
+    absl::StatusOr<std::unique_ptr<CheckpointReader>> r = CheckpointReader::Open(tmp.path());
+    ASSERT_TRUE(r.ok());
+    EXPECT_TRUE((*r)->Box("model/b", 0).ok());  // another file: unaffected
+    const absl::Status s = (*r)->VerifyAll();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+    EXPECT_NE(Message(s).find(ShardFileName(1, 2)), std::string::npos) << Message(s);
+    EXPECT_NE(Message(s).find("'model/w'"), std::string::npos) << Message(s);
+    EXPECT_NE(Message(s).find("CRC32C"), std::string::npos) << Message(s);
+  }
+  // A truncated shard, a missing one.
+  for (bool missing : {false, true}) {
+    TempDir tmp;
+    Fixture fx;
+    fx.Write(tmp.path());
+    const fs::path shard = fs::path(tmp.path()) / ShardFileName(0, 2);
+    if (missing) {
+      fs::remove(shard);
+    } else {
+      fs::resize_file(shard, fs::file_size(shard) - 4);
+    }
+    absl::StatusOr<std::unique_ptr<CheckpointReader>> r = CheckpointReader::Open(tmp.path());
+    ASSERT_TRUE(r.ok());
+    const absl::Status s = (*r)->Box("model/b", 0).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+    EXPECT_NE(Message(s).find(ShardFileName(0, 2)), std::string::npos) << Message(s);
+    EXPECT_NE(Message(s).find(missing ? "missing" : "truncated"), std::string::npos) << Message(s);
+  }
+  // A truncated index, a missing one.
+  {
+    TempDir tmp;
+    Fixture fx;
+    fx.Write(tmp.path());
+    const fs::path index = fs::path(tmp.path()) / kCheckpointIndexFile;
+    fs::resize_file(index, fs::file_size(index) / 2);
+    const absl::Status s = ReadCheckpointIndex(tmp.path()).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+    EXPECT_NE(Message(s).find("index.json"), std::string::npos) << Message(s);
+    fs::remove(index);
+    EXPECT_EQ(ReadCheckpointIndex(tmp.path()).status().code(), absl::StatusCode::kNotFound);
+    EXPECT_FALSE(IsCheckpointDirectory(tmp.path()));
+  }
+  // An index that belongs to other files: a box the shard does not hold as the index says.
+  {
+    TempDir tmp;
+    Fixture fx;
+    fx.Write(tmp.path());
+    CheckpointIndex other = fx.index;
+    auto& box = other.tensors["model/w"].boxes[1];
+    box.box = Box{{1, 0}, {1, 9}};  // same bytes, another shape
+    other.tensors["model/w"].shape = {2, 9};
+    other.tensors["model/w"].boxes[0].box = Box{{0, 0}, {1, 3}};
+    ASSERT_FALSE(ValidateIndex(other, "x").ok());  // not even a tiling of [2, 9]
+    other.tensors["model/w"].shape = {4, 3};
+    box.box = Box{{1, 0}, {3, 3}};
+    box.name = "model/w@9,9";
+    std::ofstream(fs::path(tmp.path()) / kCheckpointIndexFile) << other.ToJson();
+    absl::StatusOr<std::unique_ptr<CheckpointReader>> r = CheckpointReader::Open(tmp.path());
+    ASSERT_TRUE(r.ok()) << r.status();
+    const absl::Status s = (*r)->VerifyAll();
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+    EXPECT_NE(Message(s).find("'model/w'"), std::string::npos) << Message(s);
+    EXPECT_NE(Message(s).find("not in the shard"), std::string::npos) << Message(s);
+  }
+}
+
+TEST(CheckpointFormat, DiscoveryListsCommittedCheckpointsOnly) {
+  TempDir tmp;
+  const fs::path root = tmp.path();
+  Fixture a, b;
+  a.Write((root / CheckpointDirName(4)).string());
+  b.Write((root / CheckpointDirName(12)).string());
+  fs::create_directories(root / CheckpointDirName(20));  // no index: a save that never committed
+  Fixture c;
+  c.Write((root / ".tmp.step_00000016").string());  // complete but never renamed
+  std::ofstream(root / "latest.tmp.1.2.abcdef") << "junk";
+  fs::create_directories(root / "step_x");
+  absl::StatusOr<std::vector<CheckpointEntry>> all = ListCheckpoints(root.string());
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), 2u);
+  EXPECT_EQ((*all)[0].iteration, 4);
+  EXPECT_EQ((*all)[1].iteration, 12);
+  absl::StatusOr<std::string> newest = ResolveCheckpoint(root.string());
+  ASSERT_TRUE(newest.ok());
+  EXPECT_EQ(*newest, (root / CheckpointDirName(12)).string());
+  EXPECT_EQ(*ResolveCheckpoint((root / CheckpointDirName(4)).string()),
+            (root / CheckpointDirName(4)).string());
+  EXPECT_EQ(ResolveCheckpoint((root / "step_x").string()).status().code(),
+            absl::StatusCode::kNotFound);
+  absl::StatusOr<std::vector<std::string>> removed = RemoveCheckpointLeftovers(root.string());
+  ASSERT_TRUE(removed.ok()) << removed.status();
+  EXPECT_EQ(*removed, (std::vector<std::string>{".tmp.step_00000016", "latest.tmp.1.2.abcdef"}));
+  EXPECT_TRUE(fs::exists(root / CheckpointDirName(12)));
+  EXPECT_TRUE(ListCheckpoints((root / "nonexistent").string())->empty());
+}
+
+}  // namespace
+}  // namespace lattice
