@@ -24,26 +24,28 @@ void AttentionForward(float* out, float* lse, const float* qkv, int64_t b, int64
   internal::Simd().attention_forward(out, lse, qkv, b, t, h, kvh, d);
 }
 
-void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const float* out,
-                       const float* lse, int64_t b, int64_t t, int64_t h, int64_t kvh,
-                       int64_t d) {
+namespace {
+void Backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+              const float* lse, int64_t b, int64_t t, int64_t h, int64_t kvh, int64_t d,
+              bool accumulate) {
   profiler::Scope scope("attention.bwd", profiler::Category::kAttention,
                         2.5 * CausalFlops(b, t, h, d));
   LATTICE_CHECK_MSG(kvh > 0 && h % kvh == 0, "attention heads must be a multiple of kv heads");
   if (b <= 0 || t <= 0 || h <= 0 || d <= 0) return;
-  internal::Simd().attention_backward(dqkv, dout, qkv, out, lse, b, t, h, kvh, d,
-                                      /*accumulate=*/true);
+  internal::Simd().attention_backward(dqkv, dout, qkv, out, lse, b, t, h, kvh, d, accumulate);
+}
+}  // namespace
+
+void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                       const float* lse, int64_t b, int64_t t, int64_t h, int64_t kvh,
+                       int64_t d) {
+  Backward(dqkv, dout, qkv, out, lse, b, t, h, kvh, d, /*accumulate=*/true);
 }
 
 void AttentionBackwardTo(float* dqkv, const float* dout, const float* qkv, const float* out,
                          const float* lse, int64_t b, int64_t t, int64_t h, int64_t kvh,
                          int64_t d) {
-  profiler::Scope scope("attention.bwd", profiler::Category::kAttention,
-                        2.5 * CausalFlops(b, t, h, d));
-  LATTICE_CHECK_MSG(kvh > 0 && h % kvh == 0, "attention heads must be a multiple of kv heads");
-  if (b <= 0 || t <= 0 || h <= 0 || d <= 0) return;
-  internal::Simd().attention_backward(dqkv, dout, qkv, out, lse, b, t, h, kvh, d,
-                                      /*accumulate=*/false);
+  Backward(dqkv, dout, qkv, out, lse, b, t, h, kvh, d, /*accumulate=*/false);
 }
 
 void AttentionDecode(float* out, const float* q, const float* k_cache, const float* v_cache,

@@ -12,8 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "kernels/grad_norm.h"
-#include "kernels/matmul.h"
+#include "kernels/backend.h"
 #include "launcher/commands.h"
 #include "launcher/options.h"
 #include "model/decoder.h"
@@ -38,7 +37,8 @@ double ProcessCpuSeconds() {
 
 // The per-op profile of `steps` profiled steps: a table on stdout, and the same as JSON.
 // Shares are of the mean step, since the op times are totals over all profiled steps.
-nlohmann::json PrintProfile(int64_t steps, double mean_ms, double sgemm_gflops) {
+nlohmann::json PrintProfile(int64_t steps, double mean_ms, double sgemm_gflops,
+                            const std::string& gemm_library) {
   const std::vector<profiler::OpStats> ops = profiler::Snapshot();
   std::map<std::string, double> cat_ms, cat_flops;
   double tracked_ms = 0;
@@ -74,8 +74,8 @@ nlohmann::json PrintProfile(int64_t steps, double mean_ms, double sgemm_gflops) 
   const double gemm_gflops = cat_ms["gemm"] > 0 ? cat_flops["gemm"] / (cat_ms["gemm"] / 1e3) / 1e9 : 0;
   std::printf("GEMMs in the step: %.1f GFLOP/s = %.0f%% of sgemm 1024^3 on this CPU "
               "(%s: %.1f GFLOP/s at the same threads)\n",
-              gemm_gflops, 100.0 * gemm_gflops / sgemm_gflops,
-              kernels::cpu::GemmLibraryName().c_str(), sgemm_gflops);
+              gemm_gflops, 100.0 * gemm_gflops / sgemm_gflops, gemm_library.c_str(),
+              sgemm_gflops);
   return {{"ops", rows}, {"category_ms_per_step", cats}, {"gemm_gflops", gemm_gflops},
           {"sgemm_1024_gflops", sgemm_gflops}};
 }
@@ -102,14 +102,18 @@ absl::Status BenchTrainStep(const CommandArgs& args) {
   LATTICE_RETURN_IF_ERROR(CheckIntOption("warmup", warmup, 0, kNoLimit));
   LATTICE_RETURN_IF_ERROR(CheckIntOption("repeats", repeats, 1, kNoLimit));
   LATTICE_ASSIGN_OR_RETURN(Config cfg, LoadConfig(config, sets));
-  kernels::cpu::SetNumThreads(cfg.train.threads > 0
-                                  ? cfg.train.threads
-                                  : kernels::cpu::DefaultThreadsPerRank(
-                                        AffinityCores(), static_cast<int>(std::thread::hardware_concurrency()), 1));
+  kernels::Backend& be = kernels::DefaultBackend();
+  be.SetNumThreads(cfg.train.threads > 0
+                       ? cfg.train.threads
+                       : be.DefaultThreads(AffinityCores(),
+                                           static_cast<int>(std::thread::hardware_concurrency()),
+                                           1));
   const int64_t b = cfg.train.micro_batch_size, t = cfg.model.seq_len;
   LATTICE_ASSIGN_OR_RETURN(auto model, Decoder::Create(cfg.model, b));
   model->InitializeWeights(cfg.train.seed);
-  AdamW opt(model->params(), cfg.train);
+  AdamW opt(model->params(), cfg.train, model->backend());
+  // The norm's accumulator, allocated once (a step allocates nothing).
+  kernels::DeviceScalars norm_acc = model->backend().AllocateScalars(1);
   std::vector<int32_t> tokens(b * t), targets(b * t);
   CounterRng rng(cfg.train.seed, "bench.tokens");
   for (int64_t i = 0; i < b * t; ++i) {
@@ -132,8 +136,8 @@ absl::Status BenchTrainStep(const CommandArgs& args) {
     }
     ForwardResult r = model->Forward(tokens.data(), targets.data(), nullptr, b, t);
     model->Backward(1.0f / static_cast<float>(r.num_tokens));
-    const double norm = GlobalGradNorm(model->params());
-    opt.Step(model->params(), cfg.train.lr, kernels::cpu::ClipCoefficient(norm, cfg.train.grad_clip));
+    const double norm = GlobalGradNorm(model->params(), norm_acc);
+    opt.Step(model->params(), cfg.train.lr, kernels::ClipCoefficient(norm, cfg.train.grad_clip));
     const double elapsed =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     if (s >= warmup) ms.push_back(elapsed);
@@ -150,11 +154,8 @@ absl::Status BenchTrainStep(const CommandArgs& args) {
   double load[3] = {-1, -1, -1};
   if (getloadavg(load, 3) < 1) load[0] = -1;
   nlohmann::json j = {{"bench", "train-step"},
-                      {"backend", "cpu"},
-                      {"threads", kernels::cpu::NumThreads()},
-                      {"blas", kernels::cpu::BlasThreading()},
-                      {"gemm", kernels::cpu::GemmLibraryName()},
-                      {"kernels", kernels::cpu::KernelIsa()},
+                      {"backend", be.name()},
+                      {"threads", be.NumThreads()},
                       {"cpu_s_per_s", cpu_per_s},
                       {"loadavg_1m", load[0]},
                       {"batch", b},
@@ -165,11 +166,16 @@ absl::Status BenchTrainStep(const CommandArgs& args) {
                       {"tokens_per_s", tps},
                       {"model_tflops", model->FlopsPerToken(t) * tps / 1e12},
                       {"repeats", repeats}};
+  std::string gemm_library;
+  for (const auto& [key, value] : be.Properties()) {
+    j[key] = value;
+    if (key == "gemm") gemm_library = value;
+  }
   if (profile) {
-    const double sgemm = kernels::cpu::SgemmRate(1024, 1024, 1024, 0.5);
+    const double sgemm = be.GemmRate(1024, 1024, 1024, 0.5);
     double mean = 0;
     for (double x : ms) mean += x / static_cast<double>(ms.size());
-    j["profile"] = PrintProfile(repeats, mean, sgemm);
+    j["profile"] = PrintProfile(repeats, mean, sgemm, gemm_library);
   }
   std::printf("%s\n", j.dump().c_str());
   return absl::OkStatus();

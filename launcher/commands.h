@@ -19,6 +19,8 @@ absl::Status RunTokenizerCommand(const CommandArgs& args);  // tokenizer_command
 absl::Status RunPrepareCommand(const CommandArgs& args);    // prepare_command.cc
 absl::Status RunBenchCommand(const CommandArgs& args);      // bench_command.cc
 absl::Status RunCkptCommand(const CommandArgs& args);       // ckpt_command.cc
+absl::Status RunConvertCommand(const CommandArgs& args);    // convert_command.cc
+absl::Status RunPlanCommand(const CommandArgs& args);       // plan_command.cc
 
 }  // namespace lattice
 

@@ -23,7 +23,7 @@ namespace po = boost::program_options;
 // PyTorch oracle test and for debugging).
 absl::Status RunEvalCommand(const CommandArgs& args) {
   po::options_description desc("lattice eval");
-  std::string config, weights, data, grads_out;
+  std::string config, weights, data, grads_out, dump_logits;
   std::vector<std::string> sets;
   int64_t max_samples = 0;
   desc.add_options()("config", po::value(&config)->required(), "YAML config file")(
@@ -32,6 +32,8 @@ absl::Status RunEvalCommand(const CommandArgs& args) {
       "data", po::value(&data)->required(), "token file or Megatron prefix")(
       "max-samples", po::value(&max_samples)->default_value(0), "evaluate at most this many samples (0 = all)")(
       "grads-out", po::value(&grads_out), "also write d(mean loss)/d(parameter) as safetensors")(
+      "dump-logits", po::value(&dump_logits),
+      "also write the logits (samples, seq_len, vocab_size) as safetensors 'logits'")(
       "set", po::value(&sets)->composing(), "override a config key");
   po::variables_map vm;
   bool help;
@@ -39,10 +41,13 @@ absl::Status RunEvalCommand(const CommandArgs& args) {
   if (help) return absl::OkStatus();
   LATTICE_RETURN_IF_ERROR(CheckIntOption("max-samples", max_samples, 0,
                                          std::numeric_limits<int64_t>::max()));
-  // The gradients are written after the whole pass: check the path first, and never over the
-  // weights or the data being evaluated.
-  if (!grads_out.empty()) {
-    LATTICE_RETURN_IF_ERROR(CheckOutputs({{"--grads-out", grads_out}},
+  // The gradients and logits are written after the whole pass: check the paths first, and
+  // never over the weights or the data being evaluated.
+  std::vector<NamedPath> outputs;
+  if (!grads_out.empty()) outputs.push_back({"--grads-out", grads_out});
+  if (!dump_logits.empty()) outputs.push_back({"--dump-logits", dump_logits});
+  if (!outputs.empty()) {
+    LATTICE_RETURN_IF_ERROR(CheckOutputs(outputs,
                                          {{"--weights", weights},
                                           {"--config", config},
                                           {"--data", data},
@@ -72,6 +77,9 @@ absl::Status RunEvalCommand(const CommandArgs& args) {
   double sum = 0;
   int64_t count = 0;
   std::vector<int32_t> window(t + 1), inputs(mbs * t), targets(mbs * t);
+  // The real vocabulary's logits of every sample (padded rows dropped), for the parity tests.
+  const int64_t v = cfg.model.vocab_size, vp = cfg.model.padded_vocab();
+  Tensor logits = dump_logits.empty() ? Tensor() : Tensor::Zeros({samples, t, v}, DType::kF32);
   for (int64_t first = 0; first < samples; first += mbs) {
     const int64_t b = std::min(mbs, samples - first);
     for (int64_t i = 0; i < b; ++i) {
@@ -83,12 +91,21 @@ absl::Status RunEvalCommand(const CommandArgs& args) {
     sum += r.loss_sum;
     count += r.num_tokens;
     if (grads) model->Backward(dloss);
+    if (!dump_logits.empty()) {
+      model->Forward(inputs.data(), nullptr, nullptr, b, t);
+      for (int64_t row = 0; row < b * t; ++row) {
+        std::copy_n(model->logits() + row * vp, v, logits.f32() + (first * t + row) * v);
+      }
+    }
   }
   const double loss = sum / static_cast<double>(count);
   if (grads) {
     std::vector<std::pair<std::string, Tensor>> tensors;
     for (const Parameter& p : model->params().params()) tensors.emplace_back(p.name, p.grad);
     LATTICE_RETURN_IF_ERROR(WriteSafetensors(grads_out, tensors, {{"format", "pt"}}));
+  }
+  if (!dump_logits.empty()) {
+    LATTICE_RETURN_IF_ERROR(WriteSafetensors(dump_logits, {{"logits", logits}}, {{"format", "pt"}}));
   }
   nlohmann::json j = {{"loss", loss}, {"ppl", std::exp(loss)}, {"tokens", count},
                       {"samples", samples}, {"data", data}, {"weights", weights}};

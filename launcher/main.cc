@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "launcher/commands.h"
+#include "launcher/preemption.h"
 
 namespace {
 
@@ -22,6 +23,8 @@ constexpr Command kCommands[] = {
     {"prepare", lattice::RunPrepareCommand, "tokenize text or JSONL into .bin/.idx"},
     {"bench", lattice::RunBenchCommand, "benchmarks"},
     {"ckpt", lattice::RunCkptCommand, "inspect / verify / reshard / export a checkpoint"},
+    {"convert", lattice::RunConvertCommand, "Hugging Face model directory to checkpoint and back"},
+    {"plan", lattice::RunPlanCommand, "predicted memory and step time of every layout, ranked"},
 };
 
 void PrintUsage() {
@@ -46,6 +49,12 @@ int main(int argc, char** argv) {
       status = c.run(args);
     } catch (const std::exception& e) {
       status = absl::InternalError(std::string("unexpected exception: ") + e.what());
+    }
+    if (lattice::IsStopped(status)) {
+      // Stopped early with a checkpoint (a signal or train.exit_after_minutes): not an error,
+      // and its own exit status, so a batch script can requeue the job.
+      std::fprintf(stderr, "lattice %s: %s\n", c.name, std::string(status.message()).c_str());
+      return lattice::kStoppedExitCode;
     }
     if (!status.ok()) {
       std::fprintf(stderr, "lattice %s: error: %s\n", c.name, std::string(status.message()).c_str());

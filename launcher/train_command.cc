@@ -6,6 +6,7 @@
 
 #include "launcher/commands.h"
 #include "launcher/options.h"
+#include "launcher/preemption.h"
 #include "launcher/trainer.h"
 #include "parallel/mpi_communicator.h"
 
@@ -34,6 +35,9 @@ absl::Status RunTrainCommand(const CommandArgs& args) {
   bool help;
   LATTICE_RETURN_IF_ERROR(ParseOptions("train", args, desc, vm, &help));
   if (help) return absl::OkStatus();
+  // SIGUSR1/SIGTERM stop the run at a step boundary with a checkpoint (launcher/preemption.h).
+  // Before MPI starts its threads, which must inherit the signals blocked.
+  LATTICE_RETURN_IF_ERROR(StartStopSignalWatcher());
   // MPI is initialised only when mpirun/srun launched this process; otherwise the world is
   // this one process (SelfCommunicator) and no MPI library call is made.
   LATTICE_ASSIGN_OR_RETURN(auto mpi, MpiRuntime::Initialize(nullptr, nullptr));
@@ -48,7 +52,8 @@ absl::Status RunTrainCommand(const CommandArgs& args) {
   } catch (const std::exception& e) {
     status = absl::InternalError(absl::StrCat("unexpected exception: ", e.what()));
   }
-  if (!status.ok() && world->size() > 1) {
+  // A stop with a checkpoint (every rank returns it together) is not a failure to abort on.
+  if (!status.ok() && world->size() > 1 && !IsStopped(status)) {
     // A rank that fails cannot leave the others waiting in a collective: this is the launcher's
     // top level (the only place allowed to end the process), and AbortWorld prints
     // "lattice: rank R: <message>" and takes every rank down with a non-zero exit.

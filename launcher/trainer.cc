@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "kernels/grad_norm.h"
 #include "kernels/matmul.h"
+#include "launcher/preemption.h"
 #include "launcher/preflight.h"
 #include "nlohmann/json.hpp"
 #include "parallel/data_parallel.h"
@@ -29,6 +30,7 @@
 #include "runtime/io/fault_injection.h"
 #include "runtime/io/json_limits.h"
 #include "runtime/io/output_file.h"
+#include "runtime/io/tensorboard.h"
 
 namespace lattice {
 
@@ -69,9 +71,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
     kernels::cpu::SetNumThreads(threads);
     if (tr->is_logger()) {
       std::printf("lattice train: %d CPU threads per rank (%s; affinity mask %d cores, local "
-                  "ranks %d), OpenBLAS %s, kernels %s\n",
+                  "ranks %d), GEMMs %s, OpenBLAS %s, kernels %s\n",
                   threads, c.train.threads > 0 ? "train.threads" : "default", affinity, local,
-                  kernels::cpu::BlasThreading().c_str(), kernels::cpu::KernelIsa());
+                  kernels::cpu::GemmLibraryName().c_str(), kernels::cpu::BlasThreading().c_str(),
+                  kernels::cpu::KernelIsa());
     }
   }
   const int64_t mbs = c.train.micro_batch_size;
@@ -140,6 +143,21 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
   }
   LATTICE_RETURN_IF_ERROR(tr->Resume());
   LATTICE_RETURN_IF_ERROR(tr->OpenMetrics());
+  absl::Status tensorboard;
+  if (!c.train.tensorboard_dir.empty() && tr->is_logger()) {
+    // A new event file per run, a resumed one too: its steps continue the older file's, and
+    // its SessionLog START makes TensorBoard drop an older file's steps that this run repeats
+    // (those a crashed run wrote after its last checkpoint).
+    absl::StatusOr<std::unique_ptr<TensorBoardWriter>> w =
+        TensorBoardWriter::Open(c.train.tensorboard_dir);
+    tensorboard = w.status();
+    if (w.ok()) tr->tensorboard_ = *std::move(w);
+    if (w.ok() && !tr->resumed_from_.empty()) {
+      tensorboard = tr->tensorboard_->AddSessionStart(tr->engine_->iteration() + 1);
+    }
+  }
+  // Opened on rank 0 only; every rank learns the outcome before the first collective step.
+  LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world, tensorboard));
   return tr;
 }
 
@@ -366,6 +384,30 @@ absl::StatusOr<double> Trainer::Evaluate() {
 
 absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss,
                                    double checkpoint_ms, bool save_in_flight) {
+  if (metrics_ == nullptr && tensorboard_ == nullptr) return absl::OkStatus();
+  // fp32 training has no loss scaler: the scale is 1 (as the console line prints). Memory is
+  // rank 0's peak resident set so far. MFU only where the device's peak is known.
+  constexpr double kLossScale = 1.0;
+  const double peak_rss_mib = PeakResidentBytes() / 1048576.0;
+  const double peak = cfg_.train.peak_tflops;
+  if (tensorboard_ != nullptr) {
+    std::vector<tensorboard::Scalar> s = {
+        {"train/loss", static_cast<float>(m.loss)},
+        {"train/lr", m.lr},
+        {"train/grad_norm", static_cast<float>(m.grad_norm)},
+        {"train/tokens_per_s", static_cast<float>(m.tokens_per_s)},
+        {"train/step_ms", static_cast<float>(m.step_ms)},
+        {"train/tflops", static_cast<float>(m.tflops)},
+        {"train/peak_rss_mib", static_cast<float>(peak_rss_mib)},
+        {"train/loss_scale", static_cast<float>(kLossScale)}};
+    if (peak > 0) s.push_back({"train/mfu", static_cast<float>(m.tflops / peak)});
+    if (val_loss != nullptr) s.push_back({"val/loss", static_cast<float>(*val_loss)});
+    LATTICE_RETURN_IF_ERROR(tensorboard_->AddScalars(m.step, s));
+    const int64_t every = cfg_.train.log_interval;
+    if ((every > 0 && m.step % every == 0) || m.step == cfg_.train.steps) {
+      LATTICE_RETURN_IF_ERROR(tensorboard_->Flush());
+    }
+  }
   if (metrics_ == nullptr) return absl::OkStatus();
   nlohmann::json j = {{"step", m.step},
                       {"loss", m.loss},
@@ -378,7 +420,10 @@ absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss,
                       {"skipped", m.skipped},
                       {"layout", engine_->LayoutString()},
                       {"comm_bytes_rank0", m.comm_bytes},
-                      {"peak_in_flight_rank0", m.peak_in_flight}};
+                      {"peak_in_flight_rank0", m.peak_in_flight},
+                      {"loss_scale", kLossScale},
+                      {"peak_rss_mib", peak_rss_mib}};
+  if (peak > 0) j["mfu"] = m.tflops / peak;
   // The training loop's pause for checkpoints at this step boundary (a sync save, an async
   // save's copy, or committing one): what async saving is meant to make small.
   // And whether an async save was being written while this step ran.
@@ -396,6 +441,39 @@ absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss,
         absl::StrCat("train.metrics_file: write to '", cfg_.train.metrics_file, "' failed"));
   }
   return absl::OkStatus();
+}
+
+absl::Status Trainer::StopEarly(const StopDecision& stop, int64_t iteration) {
+  if (is_logger()) {
+    std::printf("lattice train: stopping after iteration %lld on %s: saving a checkpoint\n",
+                static_cast<long long>(iteration), stop.Describe().c_str());
+    std::fflush(stdout);
+  }
+  if (saver_ == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "stopped after iteration ", iteration, " on ", stop.Describe(),
+        " without a checkpoint: checkpoint.dir is empty, so a restart begins at iteration 0"));
+  }
+  SetCheckpointInProgress(true);
+  // The loop saved this iteration already when it was a checkpoint.interval one (a sync save
+  // is committed; an async one is still in flight and Finish commits it). Otherwise Save first
+  // commits any older save in flight, then saves this iteration.
+  const int64_t every = cfg_.checkpoint.interval;
+  if (!(every > 0 && iteration % every == 0)) {
+    LATTICE_ASSIGN_OR_RETURN(std::optional<SaveStats> committed,
+                             saver_->Save(*registry_, Contents()));
+    Report(committed);
+  }
+  LATTICE_ASSIGN_OR_RETURN(std::optional<SaveStats> committed, saver_->Finish());
+  Report(committed);
+  SetCheckpointInProgress(false);
+  if (metrics_ != nullptr) std::fclose(metrics_);
+  metrics_ = nullptr;
+  if (tensorboard_ != nullptr) LATTICE_RETURN_IF_ERROR(tensorboard_->Close());
+  tensorboard_ = nullptr;
+  return StoppedStatus(stop, iteration, cfg_.train.steps,
+                       (std::filesystem::path(cfg_.checkpoint.dir) / CheckpointDirName(iteration))
+                           .string());
 }
 
 absl::Status Trainer::Run() {
@@ -458,15 +536,22 @@ absl::Status Trainer::Run() {
       Report(committed);
       const int64_t every = cfg_.checkpoint.interval;
       if ((every > 0 && m.step % every == 0) || m.step == cfg_.train.steps) {
+        SetCheckpointInProgress(true);  // a stop signal from here on lands "during a save"
         LATTICE_ASSIGN_OR_RETURN(committed, saver_->Save(*registry_, Contents()));
         Report(committed);
       }
+      SetCheckpointInProgress(saver_->in_flight());
       checkpoint_ms =
           std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - pause)
               .count();
     }
     LATTICE_RETURN_IF_ERROR(
         WriteMetrics(m, have_val ? &val_loss : nullptr, checkpoint_ms, save_in_flight));
+    // Preemption and train.exit_after_minutes (launcher/preemption.h): every rank learns here,
+    // at the same iteration, whether any rank got SIGUSR1/SIGTERM or ran out of time.
+    LATTICE_ASSIGN_OR_RETURN(const StopDecision stop,
+                             AgreeToStop(world_, cfg_.train.exit_after_minutes));
+    if (stop.stop() && m.step < cfg_.train.steps) return StopEarly(stop, m.step);
   }
   if (saver_ != nullptr) {
     // An async save still writing: wait for it, commit it, surface its error.
@@ -495,6 +580,8 @@ absl::Status Trainer::Run() {
   }
   if (metrics_ != nullptr) std::fclose(metrics_);
   metrics_ = nullptr;
+  if (tensorboard_ != nullptr) LATTICE_RETURN_IF_ERROR(tensorboard_->Close());
+  tensorboard_ = nullptr;
   return absl::OkStatus();
 }
 

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "launcher/preemption.h"
 #include "model/decoder.h"
 #include "model/optimizer.h"
 #include "model/weights_file.h"
@@ -32,6 +33,7 @@
 #include "parallel/engine.h"
 #include "runtime/config.h"
 #include "runtime/data/dataset.h"
+#include "runtime/io/tensorboard.h"
 
 namespace lattice {
 
@@ -84,6 +86,9 @@ class Trainer {
   absl::Status ResumeFrom(const std::string& dir);
   CheckpointContents Contents() const;
   void Report(const std::optional<SaveStats>& stats) const;
+  // After every rank agreed to stop (launcher/preemption.h): commits a checkpoint of
+  // `iteration` and returns StoppedStatus. Collective.
+  absl::Status StopEarly(const StopDecision& stop, int64_t iteration);
   // Opens train.metrics_file: truncated for a fresh run; appended to after a resume, without
   // the rows of iterations after it.
   absl::Status OpenMetrics();
@@ -98,6 +103,7 @@ class Trainer {
   int64_t micro_batches_ = 1;  // local micro-batches per step: gbs / (mbs * dp)
   int64_t nan_iterations_ = 0;
   FILE* metrics_ = nullptr;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;  // train.tensorboard_dir, rank 0 only
   std::vector<TokenBatch> batches_;
   // The engine's state as checkpoints see it (views into the engine's buffers).
   std::unique_ptr<TrainStateRegistry> registry_;

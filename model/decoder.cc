@@ -86,7 +86,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Create(const ModelConfig& cfg,
   }
   std::unique_ptr<Decoder> d(new Decoder(cfg, batch, shard, tp));
   d->DeclareParameters();
-  d->params_.Allocate();
+  d->params_.Allocate(*d->be_);
   d->ResolveWeights();
   d->AllocateScratch(/*allocate=*/true);
   return d;

@@ -24,6 +24,10 @@
 // decoder_activations.cc (activation sets, scratch, the memory plan), decoder_forward.cc,
 // decoder_backward.cc, and decoder_decode.cc (generation with a KV cache, through the same
 // layer forward as training).
+//
+// Every op runs through a kernels::Backend (kernels/backend.h): the decoder holds no CPU code of
+// its own. Its scratch and activation sets come from arenas of that backend, sized by the same
+// code that plans them (PlanMemory), so a step in the steady state allocates nothing.
 #ifndef LATTICE_MODEL_DECODER_H_
 #define LATTICE_MODEL_DECODER_H_
 
@@ -36,6 +40,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/backend.h"
 #include "model/parameters.h"
 #include "model/tensor_parallel.h"
 #include "runtime/config.h"
@@ -45,6 +50,8 @@ namespace lattice {
 
 // Bytes a decoder allocates, computed before allocating anything (Decoder::PlanMemory) and
 // equal to what Create then allocates (tests/model/decoder_test.cc checks it).
+// Scratch and activations are counted as their arenas hand them out (kernels::Arena: every
+// tensor rounded up to the arena's 64-element alignment).
 struct DecoderMemory {
   int64_t params = 0;              // fp32 values of this rank's parameters
   int64_t grads = 0;               // their gradients
@@ -116,9 +123,18 @@ class Decoder {
   // BackwardChunk (or DropActivations). The embedding chunk reads `tokens` (B, T), others
   // `input` (HiddenRows, C); the head chunk reads `targets`/`loss_mask` and returns the loss
   // (identical on every tensor-parallel rank), others write `output` (HiddenRows, C).
+  // `tokens`, `targets`, `loss_mask`, `input` and `output` are host memory (copied to and from
+  // the backend).
   ForwardResult ForwardChunk(int chunk, int micro, const int32_t* tokens, const int32_t* targets,
                              const float* loss_mask, const float* input, float* output, int64_t b,
                              int64_t t);
+  // With an accumulator set, the head adds each micro-batch's loss sum to slot `slot` of `acc`
+  // on the device and ForwardResult::loss_sum stays 0 (the caller reads the step's sum once);
+  // null (the default) reads it back into loss_sum. `acc` must outlive its use here.
+  void set_loss_accumulator(kernels::DeviceScalars* acc, int slot) {
+    loss_acc_ = acc;
+    loss_slot_ = slot;
+  }
   // Backward of that forward: `doutput` (HiddenRows, C) unless the chunk has the head (then
   // every counted token's loss gradient is `dloss`); writes `dinput` (HiddenRows, C) unless the
   // chunk has the embedding. Parameter gradients ACCUMULATE. Frees the activations.
@@ -139,6 +155,18 @@ class Decoder {
   // token at position cache.len and writes logits (Vp) for the next token.
   KvCache NewKvCache(int64_t max_len) const;
   void DecodeStep(int32_t token, KvCache& cache, float* logits_out);
+
+  // The backend every op of this decoder runs on.
+  kernels::Backend& backend() const { return *be_; }
+  // Sizes the activation arena before the first step for `bytes` of activation sets (a
+  // schedule's peak in flight, ParallelEngine::PlanMemory); without it the arena starts with
+  // one set of every chunk and grows by a block when more are alive at once. Call before the
+  // first ForwardChunk.
+  void ReserveActivations(int64_t bytes);
+  // Tensors the scratch and activation arenas handed out, and device blocks they allocated
+  // (the steady-state step changes neither).
+  int64_t arena_allocations() const;
+  int64_t arena_blocks() const;
 
   // Bytes of activations kept for one micro-batch (all of this rank's chunks), and of the
   // scratch buffers; reported by the trainer.
@@ -170,8 +198,8 @@ class Decoder {
   // One parameter's value and gradient (null when the model has no such parameter, e.g.
   // biases in Llama).
   struct View {
-    float* w = nullptr;
-    float* g = nullptr;
+    kernels::TensorView w;
+    kernels::TensorView g;
   };
   struct LayerWeights {
     View norm1_w, norm1_b, qkv_w, qkv_b, proj_w, proj_b, norm2_w, norm2_b, fc_w, fc_b,
@@ -181,7 +209,7 @@ class Decoder {
   struct EndWeights {
     View wte, wpe, norm_f_w, norm_f_b, head;  // head: lm_head, or wte when tied
   };
-  View ViewOf(const std::string& name) const;
+  View ParamView(const std::string& name) const;
 
   struct LayerActs {
     Tensor residual;   // (R, C) input of the layer (R = hidden rows)
@@ -224,27 +252,29 @@ class Decoder {
 
   // Runs chunk `chunk` forward over a set already holding its tokens (or `input`).
   void ChunkForward(int chunk, ActSet& s, const float* input, const DecodeContext* decode);
-  void EmbedForward(ActSet& s, float* x);
-  void EmbedBackward(ActSet& s, const float* dx);
-  void LayerForward(LayerActs& a, int64_t l, const ActSet& s, float* out,
+  using TensorView = kernels::TensorView;
+  using ConstView = kernels::ConstView;
+  void EmbedForward(ActSet& s, TensorView x);
+  void EmbedBackward(ActSet& s, ConstView dx);
+  void LayerForward(LayerActs& a, int64_t l, const ActSet& s, TensorView out,
                     const DecodeContext* decode);
   void Attention(LayerActs& a, int64_t l, const ActSet& s, const DecodeContext* decode);
-  void LayerBackward(LayerActs& a, int64_t l, int64_t b, int64_t t, float* dres);
-  ForwardResult HeadForward(ActSet& s, const float* x, bool with_loss);
-  void HeadBackward(ActSet& s, float dloss, float* dres);
+  void LayerBackward(LayerActs& a, int64_t l, int64_t b, int64_t t, TensorView dres);
+  ForwardResult HeadForward(ActSet& s, ConstView x, bool with_loss);
+  void HeadBackward(ActSet& s, float dloss, TensorView dres);
   // LayerNorm (gpt2) or RMSNorm (llama) forward/backward.
-  void NormForward(float* out, float* mean, float* rstd, const float* in, const View& w,
+  void NormForward(TensorView out, TensorView mean, TensorView rstd, ConstView in, const View& w,
                    const View& b, int64_t rows) const;
-  void NormBackward(float* dx, const View& w, const View& b, const float* dout, const float* in,
-                    const float* mean, const float* rstd, int64_t rows) const;
+  void NormBackward(TensorView dx, const View& w, const View& b, ConstView dout, ConstView in,
+                    ConstView mean, ConstView rstd, int64_t rows) const;
   // Tensor-parallel region boundaries (identity when tp == 1).
-  const float* EnterRegion(const float* x, float* full, int64_t rows);  // returns (N, C)
-  void EnterRegionBackward(float* dfull, float* dx, int64_t rows);      // dfull (N,C) -> dx (R,C)
-  void LeaveRegion(float* partial, float* out, int64_t rows);           // partial (N,C) -> out (R,C)
-  const float* LeaveRegionBackward(const float* dout, float* dfull, int64_t rows);  // (R,C) -> (N,C)
-  void AddRowBias(float* x, const float* bias, int64_t rows, int64_t c) const;
+  ConstView EnterRegion(ConstView x, TensorView full, int64_t rows);  // returns (N, C)
+  void EnterRegionBackward(TensorView dfull, TensorView dx, int64_t rows);  // (N,C) -> (R,C)
+  void LeaveRegion(TensorView partial, TensorView out, int64_t rows);       // (N,C) -> (R,C)
+  ConstView LeaveRegionBackward(ConstView dout, TensorView dfull, int64_t rows);  // (R,C) -> (N,C)
 
   ModelConfig cfg_;
+  kernels::Backend* be_ = &kernels::DefaultBackend();
   int64_t batch_;
   ModelShard shard_;
   TensorParallelOps* tp_ = nullptr;
@@ -275,6 +305,15 @@ class Decoder {
   Tensor dact_;       // (N, f)
   Tensor proj_out_;   // (N, C) forward scratch for the attention / MLP projections
   Tensor embed_full_; // (N, C) vocab-parallel embedding partial sums
+
+  // Scratch (allocated by Create) and activation sets (allocated when first acquired, pooled
+  // after), each from an arena of be_; null until allocated.
+  std::unique_ptr<kernels::Arena> scratch_arena_;
+  std::unique_ptr<kernels::Arena> act_arena_;
+  // The loss sum of a Forward without an accumulator, read back once per call.
+  std::unique_ptr<kernels::DeviceScalars> loss_scalars_;
+  kernels::DeviceScalars* loss_acc_ = nullptr;
+  int loss_slot_ = 0;
 
   int64_t activation_bytes_ = 0;
   int64_t scratch_bytes_ = 0;

@@ -10,18 +10,19 @@ namespace lattice {
 
 namespace {
 
-// Makes a tensor of `shape`, or (allocate = false) only counts its bytes.
+// Makes a tensor of `shape` in `arena`, or (arena = null) only counts the bytes the arena
+// would hand out for it.
 class Sizer {
  public:
-  explicit Sizer(bool allocate) : allocate_(allocate) {}
+  explicit Sizer(kernels::Arena* arena) : arena_(arena) {}
   Tensor operator()(Shape shape, DType dt = DType::kF32) {
-    bytes_ += NumElements(shape) * static_cast<int64_t>(DTypeSize(dt));
-    return allocate_ ? Tensor::Zeros(std::move(shape), dt) : Tensor();
+    bytes_ += kernels::Arena::AlignedBytes(NumElements(shape), dt);
+    return arena_ != nullptr ? arena_->Allocate(std::move(shape), dt) : Tensor();
   }
   int64_t bytes() const { return bytes_; }
 
  private:
-  bool allocate_;
+  kernels::Arena* arena_;
   int64_t bytes_ = 0;
 };
 
@@ -29,26 +30,54 @@ class Sizer {
 
 void Decoder::AllocateScratch(bool allocate) {
   const int64_t b = batch_, t = cfg_.seq_len;
-  Sizer S(allocate);
-  dresidual_ = S({b * t, c_});
-  dnorm_ = S({b * t, c_});
-  dfull_ = S({b * t, c_});
-  dqkv_ = S({b * t, qkv_dim_});
-  datty_ = S({b * t, hl_ * d_});
-  dfc_ = S({b * t, fc_dim_});
-  dact_ = S({b * t, fl_});
-  proj_out_ = S({b * t, c_});
-  if (tpn_ > 1) embed_full_ = S({b * t, c_});
-  scratch_bytes_ = S.bytes();
+  auto make = [&](kernels::Arena* arena) {
+    Sizer S(arena);
+    dresidual_ = S({b * t, c_});
+    dnorm_ = S({b * t, c_});
+    dfull_ = S({b * t, c_});
+    dqkv_ = S({b * t, qkv_dim_});
+    datty_ = S({b * t, hl_ * d_});
+    dfc_ = S({b * t, fc_dim_});
+    dact_ = S({b * t, fl_});
+    proj_out_ = S({b * t, c_});
+    if (tpn_ > 1) embed_full_ = S({b * t, c_});
+    return S.bytes();
+  };
+  // Counted first, so that the arena is one block of exactly the scratch.
+  scratch_bytes_ = make(nullptr);
+  if (allocate) {
+    scratch_arena_ = std::make_unique<kernels::Arena>(*be_, scratch_bytes_);
+    make(scratch_arena_.get());
+    // The loss sum of Forward calls made without an accumulator (eval, tests, bench).
+    loss_scalars_ = std::make_unique<kernels::DeviceScalars>(be_->AllocateScalars(1));
+  }
   activation_bytes_ = 0;
   for (int c = 0; c < num_chunks(); ++c) activation_bytes_ += NewActSet(c, false)->bytes;
+}
+
+void Decoder::ReserveActivations(int64_t bytes) {
+  if (act_arena_ == nullptr) {
+    act_arena_ = std::make_unique<kernels::Arena>(*be_, bytes);
+  } else {
+    act_arena_->Reserve(bytes);
+  }
+}
+
+int64_t Decoder::arena_allocations() const {
+  return (scratch_arena_ ? scratch_arena_->allocations() : 0) +
+         (act_arena_ ? act_arena_->allocations() : 0);
+}
+
+int64_t Decoder::arena_blocks() const {
+  return (scratch_arena_ ? scratch_arena_->blocks() : 0) +
+         (act_arena_ ? act_arena_->blocks() : 0);
 }
 
 std::unique_ptr<Decoder::ActSet> Decoder::NewActSet(int chunk, bool allocate) const {
   const int64_t b = batch_, t = cfg_.seq_len, n = b * t;
   const int64_t r = sp_ ? (n + tpn_ - 1) / tpn_ : n;
   auto s = std::make_unique<ActSet>();
-  Sizer A(allocate);
+  Sizer A(allocate ? act_arena_.get() : nullptr);
   s->tokens = A({b, t}, DType::kI32);
   s->targets = A({b, t}, DType::kI32);
   s->mask = A({b, t});
@@ -96,6 +125,8 @@ Decoder::ActSet* Decoder::Acquire(int chunk, int micro, int64_t b, int64_t t) {
       s = std::move(pool_[chunk].back());
       pool_[chunk].pop_back();
     } else {
+      // One set of every chunk unless the engine reserved its schedule's peak.
+      if (act_arena_ == nullptr) ReserveActivations(activation_bytes_);
       s = NewActSet(chunk, /*allocate=*/true);
     }
     it = live_.emplace(key, std::move(s)).first;

@@ -3,8 +3,6 @@
 // values.
 #include "model/decoder.h"
 
-#include <cstring>
-
 namespace lattice {
 
 // The activation set generation uses (micro-batch ids of training are >= 0).
@@ -28,12 +26,12 @@ void Decoder::DecodeStep(int32_t token, KvCache& cache, float* logits_out) {
   LATTICE_CHECK(token >= 0 && token < v_);
   ActSet& s = *Acquire(0, kDecodeMicro, 1, 1);
   s.pos0 = cache.len;
-  s.tokens.i32()[0] = token;
+  be_->CopyFromHost(kernels::ViewOf(s.tokens), &token, DType::kI32, 1);
   s.has_mask = false;
   DecodeContext ctx{&cache};
   ChunkForward(0, s, nullptr, &ctx);
-  HeadForward(s, s.residual_out.f32(), /*with_loss=*/false);
-  std::memcpy(logits_out, s.logits.f32(), vp_ * sizeof(float));
+  HeadForward(s, kernels::ViewOf(s.residual_out), /*with_loss=*/false);
+  be_->CopyToHost(logits_out, DType::kF32, kernels::ViewOf(s.logits), vp_);
   cache.len += 1;
   Release(0, kDecodeMicro);
 }

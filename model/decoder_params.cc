@@ -1,7 +1,7 @@
 // Parameter declaration (names, shapes, tensor-parallel sharding), initialisation, and the
-// weight views the forward and backward passes use.
+// weight views the forward and backward passes use (resolved once, after allocation: a step
+// does no name lookups).
 #include <cmath>
-#include <cstring>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
@@ -100,10 +100,10 @@ void Decoder::DeclareParameters() {
   }
 }
 
-Decoder::View Decoder::ViewOf(const std::string& name) const {
+Decoder::View Decoder::ParamView(const std::string& name) const {
   const Parameter* p = params_.Find(name);
   if (p == nullptr) return View();
-  return View{p->value.f32(), p->grad.f32()};
+  return View{kernels::ViewOf(p->value), kernels::ViewOf(p->grad)};
 }
 
 std::pair<int64_t, int64_t> Decoder::Range(const std::string& first,
@@ -117,27 +117,27 @@ void Decoder::ResolveWeights() {
   for (const auto& chunk : chunks_) {
     for (int64_t l : chunk) {
       LayerWeights& w = layer_weights_[l];
-      w.norm1_w = ViewOf(L(l, "norm1.weight"));
-      w.norm1_b = ViewOf(L(l, "norm1.bias"));
-      w.qkv_w = ViewOf(L(l, "attn.qkv.weight"));
-      w.qkv_b = ViewOf(L(l, "attn.qkv.bias"));
-      w.proj_w = ViewOf(L(l, "attn.proj.weight"));
-      w.proj_b = ViewOf(L(l, "attn.proj.bias"));
-      w.norm2_w = ViewOf(L(l, "norm2.weight"));
-      w.norm2_b = ViewOf(L(l, "norm2.bias"));
-      w.fc_w = ViewOf(L(l, "mlp.fc.weight"));
-      w.fc_b = ViewOf(L(l, "mlp.fc.bias"));
-      w.mlp_proj_w = ViewOf(L(l, "mlp.proj.weight"));
-      w.mlp_proj_b = ViewOf(L(l, "mlp.proj.bias"));
+      w.norm1_w = ParamView(L(l, "norm1.weight"));
+      w.norm1_b = ParamView(L(l, "norm1.bias"));
+      w.qkv_w = ParamView(L(l, "attn.qkv.weight"));
+      w.qkv_b = ParamView(L(l, "attn.qkv.bias"));
+      w.proj_w = ParamView(L(l, "attn.proj.weight"));
+      w.proj_b = ParamView(L(l, "attn.proj.bias"));
+      w.norm2_w = ParamView(L(l, "norm2.weight"));
+      w.norm2_b = ParamView(L(l, "norm2.bias"));
+      w.fc_w = ParamView(L(l, "mlp.fc.weight"));
+      w.fc_b = ParamView(L(l, "mlp.fc.bias"));
+      w.mlp_proj_w = ParamView(L(l, "mlp.proj.weight"));
+      w.mlp_proj_b = ParamView(L(l, "mlp.proj.bias"));
       std::tie(w.first_offset, w.end_offset) =
           Range(L(l, "norm1.weight"), llama_ ? L(l, "mlp.proj.weight") : L(l, "mlp.proj.bias"));
     }
   }
-  ends_.wte = ViewOf("wte");
-  ends_.wpe = ViewOf("wpe");
-  ends_.norm_f_w = ViewOf("norm_f.weight");
-  ends_.norm_f_b = ViewOf("norm_f.bias");
-  ends_.head = ViewOf(cfg_.tied() ? "wte" : "lm_head");
+  ends_.wte = ParamView("wte");
+  ends_.wpe = ParamView("wpe");
+  ends_.norm_f_w = ParamView("norm_f.weight");
+  ends_.norm_f_b = ParamView("norm_f.bias");
+  ends_.head = ParamView(cfg_.tied() ? "wte" : "lm_head");
   if (shard_.head) {
     norm_f_range_ = Range("norm_f.weight", llama_ ? "norm_f.weight" : "norm_f.bias");
     if (!cfg_.tied()) head_range_ = Range("lm_head", "lm_head");
@@ -152,7 +152,7 @@ void Decoder::InitializeWeights(uint64_t seed) {
     if (const Parameter* p = params_.Find(name)) {
       for (int64_t r = 0; r < p->local_rows(); ++r) {
         if (p->GlobalIndex(r * c_) / c_ >= v_) {
-          std::memset(p->value.f32() + r * c_, 0, c_ * sizeof(float));
+          be_->Zero(kernels::ViewOf(p->value).Sub(r * c_, c_));
         }
       }
     }

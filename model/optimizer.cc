@@ -4,8 +4,6 @@
 #include <cmath>
 #include <utility>
 
-#include "kernels/adamw.h"
-#include "kernels/grad_norm.h"
 #include "runtime/status.h"
 
 namespace lattice {
@@ -35,37 +33,39 @@ std::vector<OptimizerSegment> WholeModelSegments(const ParameterSet& params) {
   return out;
 }
 
-AdamW::AdamW(const TrainConfig& cfg, std::vector<OptimizerSegment> segments, int64_t state_numel)
-    : cfg_(cfg), segments_(std::move(segments)) {
+AdamW::AdamW(const TrainConfig& cfg, std::vector<OptimizerSegment> segments, int64_t state_numel,
+             kernels::Backend& backend)
+    : cfg_(cfg), be_(&backend), segments_(std::move(segments)) {
   for (const OptimizerSegment& s : segments_) {
     LATTICE_CHECK_MSG(s.begin <= s.end && s.state_offset >= 0 &&
                           s.state_offset + s.numel() <= state_numel,
                       "optimizer segment outside its state");
   }
-  m_ = Tensor::Zeros({state_numel}, DType::kF32);
-  v_ = Tensor::Zeros({state_numel}, DType::kF32);
+  const int64_t bytes = state_numel * static_cast<int64_t>(sizeof(float));
+  m_ = Tensor(be_->AllocateStorage(bytes), 0, {state_numel}, DType::kF32);
+  v_ = Tensor(be_->AllocateStorage(bytes), 0, {state_numel}, DType::kF32);
 }
 
-AdamW::AdamW(const ParameterSet& params, const TrainConfig& cfg)
-    : AdamW(cfg, WholeModelSegments(params), params.numel()) {}
+AdamW::AdamW(const ParameterSet& params, const TrainConfig& cfg, kernels::Backend& backend)
+    : AdamW(cfg, WholeModelSegments(params), params.numel(), backend) {}
 
 void AdamW::UpdateSegments(size_t first, size_t last, float* values, const float* grads,
                            float lr, float grad_scale) {
   LATTICE_CHECK_MSG(step_ > 0, "UpdateSegments before BeginStep");
-  kernels::cpu::AdamWArgs args;
+  kernels::AdamWArgs args;
   args.lr = lr;
   args.beta1 = cfg_.beta1;
   args.beta2 = cfg_.beta2;
   args.eps = cfg_.adam_eps;
   args.step = step_;
   args.grad_scale = grad_scale;
-  float* m = m_.f32();
-  float* v = v_.f32();
+  const kernels::TensorView m = kernels::ViewOf(m_), v = kernels::ViewOf(v_);
   for (size_t i = first; i < last; ++i) {
     const OptimizerSegment& s = segments_[i];
+    const int64_t n = s.numel();
     args.weight_decay = s.weight_decay ? cfg_.weight_decay : 0.0f;
-    kernels::cpu::AdamWUpdate(values + s.begin, grads + s.begin, m + s.state_offset,
-                              v + s.state_offset, s.numel(), args);
+    be_->AdamWUpdate(kernels::F32View(values + s.begin, n), kernels::F32View(grads + s.begin, n),
+                     m.Sub(s.state_offset, n), v.Sub(s.state_offset, n), n, args);
   }
 }
 
@@ -76,8 +76,17 @@ void AdamW::Step(const ParameterSet& params, float lr, float grad_scale) {
 }
 
 double GlobalGradNorm(const ParameterSet& params) {
-  const Tensor& g = params.flat_grads();
-  return std::sqrt(kernels::cpu::SumOfSquares(g.f32(), g.numel()));
+  kernels::DeviceScalars acc = params.backend().AllocateScalars(1);
+  return GlobalGradNorm(params, acc);
+}
+
+double GlobalGradNorm(const ParameterSet& params, kernels::DeviceScalars& acc) {
+  kernels::Backend& be = params.backend();
+  be.ZeroScalars(acc);
+  be.AccumulateSumOfSquares(acc, 0, kernels::ViewOf(params.flat_grads()));
+  double sum = 0;
+  be.ReadScalars(acc, &sum);
+  return std::sqrt(sum);
 }
 
 }  // namespace lattice

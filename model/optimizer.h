@@ -9,7 +9,8 @@
 //   - ZeRO-1 (Megatron's distributed optimizer): the segments are this data-parallel rank's
 //     shard (parallel/data_parallel.h, ShardSegments), so the moments cost 8 bytes per element
 //     of the shard, and parallel/ all-gathers the updated parameters afterwards.
-// The fp32 model is its own master copy: the update writes the parameters in place.
+// The fp32 model is its own master copy: the update writes the parameters in place. The update
+// and the moments live on the parameters' backend (kernels/backend.h: one AdamW op per segment).
 //
 // Two counters: the optimizer's step (updates applied, used for Adam's bias correction) is not
 // the trainer's iteration (steps attempted, used for the learning-rate schedule). A skipped
@@ -21,6 +22,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "model/parameters.h"
 #include "runtime/config.h"
 #include "runtime/tensor.h"
@@ -47,10 +49,12 @@ std::vector<OptimizerSegment> WholeModelSegments(const ParameterSet& params);
 class AdamW {
  public:
   // `segments` must be disjoint, inside the parameter buffers, and their state ranges inside
-  // [0, state_numel).
-  AdamW(const TrainConfig& cfg, std::vector<OptimizerSegment> segments, int64_t state_numel);
+  // [0, state_numel). The moments are allocated on `backend`, which runs the updates.
+  AdamW(const TrainConfig& cfg, std::vector<OptimizerSegment> segments, int64_t state_numel,
+        kernels::Backend& backend = kernels::DefaultBackend());
   // The whole model (one process or plain data parallelism).
-  AdamW(const ParameterSet& params, const TrainConfig& cfg);
+  AdamW(const ParameterSet& params, const TrainConfig& cfg,
+        kernels::Backend& backend = kernels::DefaultBackend());
 
   // Starts an update: increments the step (bias correction uses the new value).
   void BeginStep() { ++step_; }
@@ -72,13 +76,16 @@ class AdamW {
 
  private:
   TrainConfig cfg_;
+  kernels::Backend* be_;
   std::vector<OptimizerSegment> segments_;
   Tensor m_, v_;
   int64_t step_ = 0;
 };
 
-// sqrt of the sum of squares of all gradients.
+// sqrt of the sum of squares of all gradients. The second form sums into `acc` (slot 0, zeroed
+// first) on the backend and reads it once: no allocation, for a step's loop.
 double GlobalGradNorm(const ParameterSet& params);
+double GlobalGradNorm(const ParameterSet& params, kernels::DeviceScalars& acc);
 
 }  // namespace lattice
 

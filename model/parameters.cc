@@ -1,7 +1,5 @@
 #include "model/parameters.h"
 
-#include "runtime/rng.h"
-
 namespace lattice {
 
 int64_t Parameter::local_cols() const {
@@ -62,9 +60,11 @@ void ParameterSet::DeclareSharded(std::string name, Shape shape, Sharding shardi
   params_.push_back(std::move(p));
 }
 
-void ParameterSet::Allocate() {
-  values_ = Tensor::Zeros({total_}, DType::kF32);
-  grads_ = Tensor::Zeros({total_}, DType::kF32);
+void ParameterSet::Allocate(kernels::Backend& backend) {
+  backend_ = &backend;
+  const int64_t bytes = total_ * static_cast<int64_t>(sizeof(float));
+  values_ = Tensor(backend.AllocateStorage(bytes), 0, {total_}, DType::kF32);
+  grads_ = Tensor(backend.AllocateStorage(bytes), 0, {total_}, DType::kF32);
   for (Parameter& p : params_) {
     const int64_t n = NumElements(p.shape);
     p.value = values_.Slice(p.offset, p.offset + n).View(p.shape);
@@ -74,26 +74,20 @@ void ParameterSet::Allocate() {
 
 void ParameterSet::Initialize(uint64_t seed) {
   for (const Parameter& p : params_) {
-    float* v = p.value.f32();
+    const kernels::TensorView v = kernels::ViewOf(p.value);
     switch (p.init) {
       case ParamInit::kZeros:
-        p.value.SetZero();
+        backend_->Zero(v);
         break;
       case ParamInit::kOnes:
-        p.value.Fill(1.0f);
+        backend_->Fill(v, 1.0f);
         break;
       case ParamInit::kNormal: {
-        CounterRng rng(seed, p.name);
+        // Element (r, c) of a segment is global element (global_begin + r) * gc + col_begin + c.
         const int64_t lc = p.local_cols(), gc = p.global_cols();
         for (const RowSegment& seg : p.sharding.segments) {
-#pragma omp parallel for schedule(static)
-          for (int64_t r = 0; r < seg.count; ++r) {
-            float* row = v + (seg.local_begin + r) * lc;
-            const int64_t g = (seg.global_begin + r) * gc + p.sharding.col_begin;
-            for (int64_t c = 0; c < lc; ++c) {
-              row[c] = p.init_std * rng.Normal(static_cast<uint64_t>(g + c));
-            }
-          }
+          backend_->FillNormal(v.Sub(seg.local_begin * lc), seed, p.name, seg.count, lc, lc,
+                               seg.global_begin * gc + p.sharding.col_begin, gc, p.init_std);
         }
         break;
       }

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "kernels/zero.h"
+#include "kernels/backend.h"
 #include "runtime/tensor.h"
 
 namespace lattice {
@@ -72,7 +72,8 @@ class ParameterSet {
   // must cover shape[0] rows; an empty segment list means one identity segment).
   void DeclareSharded(std::string name, Shape shape, Sharding sharding, bool weight_decay,
                       ParamInit init, float init_std);
-  void Allocate();
+  // The flat buffers come from `backend`, which every later operation on them uses.
+  void Allocate(kernels::Backend& backend = kernels::DefaultBackend());
 
   // Initialises every parameter from (seed, name, GLOBAL element index) only (runtime/rng.h),
   // so every sharding reproduces exactly the values of the unsharded model.
@@ -87,13 +88,16 @@ class ParameterSet {
   int64_t numel() const { return total_; }
   const Tensor& flat_values() const { return values_; }
   const Tensor& flat_grads() const { return grads_; }
-  // Multi-threaded, with streaming stores for large models (kernels/zero.h).
-  void ZeroGrads() const { kernels::cpu::ZeroFill(grads_.f32(), grads_.numel()); }
+  kernels::Backend& backend() const { return *backend_; }
+  // One backend op (the CPU's is multi-threaded, with streaming stores for large models:
+  // kernels/zero.h).
+  void ZeroGrads() const { backend_->Zero(kernels::ViewOf(grads_)); }
 
  private:
   std::vector<Parameter> params_;
   absl::flat_hash_map<std::string, size_t> index_;
   int64_t total_ = 0;
+  kernels::Backend* backend_ = &kernels::DefaultBackend();
   Tensor values_;  // (total,)
   Tensor grads_;   // (total,)
 };

@@ -1,11 +1,12 @@
 #include "parallel/data_parallel.h"
 
 #include <algorithm>
-#include <cstring>
+#include <array>
+#include <bit>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/grad_norm.h"
+#include "kernels/backend.h"
 #include "runtime/status.h"
 
 namespace lattice {
@@ -88,11 +89,17 @@ std::vector<ShardSegment> ShardSegments(const ParameterSet& params, const Bucket
 }
 
 double OwnedSumOfSquares(const float* grads, const BucketLayout& layout, int rank) {
-  double sum = 0.0;
+  kernels::Backend& be = kernels::DefaultBackend();
+  kernels::DeviceScalars acc = be.AllocateScalars(1);
+  be.ZeroScalars(acc);
   for (size_t i = 0; i < layout.buckets.size(); ++i) {
     const OwnedRange own = layout.Owned(i, rank);
-    if (own.numel() > 0) sum += kernels::cpu::SumOfSquares(grads + own.begin, own.numel());
+    if (own.numel() > 0) {
+      be.AccumulateSumOfSquares(acc, 0, kernels::F32View(grads + own.begin, own.numel()));
+    }
   }
+  double sum = 0.0;
+  be.ReadScalars(acc, &sum);
   return sum;
 }
 
@@ -110,9 +117,9 @@ absl::Status SumInRankOrderImpl(Communicator& comm, absl::Span<T> values) {
   for (size_t k = 0; k < values.size(); ++k) {
     T sum = 0;
     for (size_t r = 0; r < p; ++r) {
-      T x;
-      std::memcpy(&x, all.data() + r * bytes + k * sizeof(T), sizeof(T));
-      sum += x;
+      std::array<uint8_t, sizeof(T)> raw;
+      std::copy_n(all.data() + r * bytes + k * sizeof(T), sizeof(T), raw.begin());
+      sum += std::bit_cast<T>(raw);
     }
     values[k] = sum;
   }
@@ -209,8 +216,9 @@ void GradReducer::Launch(size_t i, bool from_callback) {
   } else {
     float* send = grads_ + b.begin;
     if (layout_.needs_padding(i)) {
-      std::memcpy(staging_, send, static_cast<size_t>(b.numel()) * sizeof(float));
-      std::fill(staging_ + b.numel(), staging_ + layout_.padded(i), 0.0f);
+      kernels::Backend& be = kernels::DefaultBackend();
+      be.Copy(kernels::F32View(staging_, b.numel()), kernels::F32View(send, b.numel()));
+      be.Zero(kernels::F32View(staging_ + b.numel(), layout_.padded(i) - b.numel()));
       send = staging_;
     }
     w = comm_.IReduceScatter(send, send + static_cast<int64_t>(comm_.rank()) * b.chunk,
@@ -245,8 +253,10 @@ absl::Status GradReducer::Finish() {
       const OwnedRange own = layout_.Owned(i, comm_.rank());
       if (own.numel() <= 0) continue;
       const GradBucket& b = layout_.buckets[i];
-      std::memcpy(grads_ + own.begin, staging_ + (own.begin - b.begin),
-                  static_cast<size_t>(own.numel()) * sizeof(float));
+      kernels::DefaultBackend().Copy(
+          kernels::F32View(grads_ + own.begin, own.numel()),
+          kernels::F32View(static_cast<const float*>(staging_) + (own.begin - b.begin),
+                           own.numel()));
     }
   }
   grads_ = nullptr;

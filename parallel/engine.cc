@@ -2,13 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <deque>
 #include <map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/grad_norm.h"
+#include "kernels/backend.h"
 #include "parallel/launch_env.h"
 #include "runtime/status.h"
 #include "runtime/system.h"
@@ -84,6 +83,13 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(
   LATTICE_ASSIGN_OR_RETURN(e->model_, Decoder::Create(cfg.model, cfg.train.micro_batch_size,
                                                       shard, e->tp_ops_.get()));
   e->model_->InitializeWeights(cfg.train.seed);
+  // The activation arena holds the schedule's peak from the start: no step allocates.
+  e->model_->ReserveActivations(e->plan_.activations_peak);
+  kernels::Backend& be = e->model_->backend();
+  // Slot 0: the step's loss sum (the head adds each micro-batch's); slot 1: the sum of squares
+  // of the owned gradients. Read once per step.
+  e->step_scalars_ = std::make_unique<kernels::DeviceScalars>(be.AllocateScalars(2));
+  e->model_->set_loss_accumulator(e->step_scalars_.get(), 0);
 
   ParameterSet& params = e->model_->params();
   LATTICE_ASSIGN_OR_RETURN(e->layout_,
@@ -92,7 +98,9 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(
   if (p.zero1) {
     for (size_t i = 0; i < e->layout_.buckets.size(); ++i) {
       if (e->layout_.needs_padding(i)) {
-        e->staging_ = Tensor::Zeros({e->layout_.padded(i)}, DType::kF32);
+        const int64_t n = e->layout_.padded(i);
+        e->staging_ = Tensor(be.AllocateStorage(n * static_cast<int64_t>(sizeof(float))), 0, {n},
+                             DType::kF32);
       }
     }
     if (e->staging_.defined()) staging = e->staging_.f32();
@@ -108,9 +116,26 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(
       e->bucket_segments_.emplace_back(first, at);
     }
     LATTICE_CHECK_MSG(at == segs.size(), "shard segments out of bucket order");
-    e->optimizer_ = std::make_unique<AdamW>(cfg.train, std::move(segs), e->layout_.shard_numel);
+    e->optimizer_ =
+        std::make_unique<AdamW>(cfg.train, std::move(segs), e->layout_.shard_numel, be);
   } else {
-    e->optimizer_ = std::make_unique<AdamW>(params, cfg.train);
+    e->optimizer_ = std::make_unique<AdamW>(params, cfg.train, be);
+  }
+  // The tensor-parallel gradient syncs' buffer (SyncTensorParallelGrads): the packed replicated
+  // gradients, or the largest parameter with replicated kv rows.
+  if (g.tp_size() > 1) {
+    int64_t packed = 0, largest = 0;
+    for (const Parameter& prm : params.params()) {
+      if (prm.sharding.grad_sync == GradSync::kTensorParallelSum) packed += prm.grad.numel();
+      if (prm.sharding.grad_sync == GradSync::kReplicaRowSum) {
+        largest = std::max(largest, NumElements(prm.sharding.global_shape));
+      }
+    }
+    const int64_t n = std::max(packed, largest);
+    if (n > 0) {
+      e->sync_buffer_ = Tensor(be.AllocateStorage(n * static_cast<int64_t>(sizeof(float))), 0,
+                               {n}, DType::kF32);
+    }
   }
   e->overlap_dp_ = g.tp_size() == 1 && g.pp_size() == 1;
   e->reducer_ = std::make_unique<GradReducer>(
@@ -330,7 +355,7 @@ struct PendingSend {
 }  // namespace
 
 absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches, float dloss,
-                                         bool train, double* loss_sum) {
+                                         bool train) {
   const int pp = grid_.pp_size(), s = grid_.pp_rank();
   const int m_count = static_cast<int>(batches.size());
   const int64_t c = cfg_.model.d_model;
@@ -352,7 +377,6 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
   const int prev = (s + pp - 1) % pp, next = (s + 1) % pp;
   std::deque<PendingSend> sends;
   std::vector<float> in, din;
-  *loss_sum = 0;
   model.ResetPeak();
   auto tp_status = [&]() {
     return tp_ops_ ? tp_ops_->status() : absl::OkStatus();
@@ -372,13 +396,12 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
       }
       PendingSend out;
       if (!last) out.buf.resize(rows * c);
-      ForwardResult r = model.ForwardChunk(a.chunk, a.micro_batch, mb.inputs.data(),
-                                           mb.targets.data(), nullptr, first ? nullptr : in.data(),
-                                           last ? nullptr : out.buf.data(), mb.b, mb.t);
+      // The head adds the loss sum to step_scalars_ slot 0 (set_loss_accumulator).
+      model.ForwardChunk(a.chunk, a.micro_batch, mb.inputs.data(), mb.targets.data(), nullptr,
+                         first ? nullptr : in.data(), last ? nullptr : out.buf.data(), mb.b,
+                         mb.t);
       LATTICE_RETURN_IF_ERROR(Annotate(tp_status(), "tensor-parallel forward"));
-      if (last) {
-        *loss_sum += r.loss_sum;
-      } else {
+      if (!last) {
         LATTICE_ASSIGN_OR_RETURN(
             out.work, ppc->ISend(out.buf.data(), out.buf.size(), CommType::kF32, next, 2 * (v + 1)));
         sends.push_back(std::move(out));
@@ -429,20 +452,23 @@ absl::Status ParallelEngine::SyncTensorParallelGrads() {
   if (grid_.tp_size() == 1) return absl::OkStatus();
   Communicator& tp = *comms_.tp;
   const ParameterSet& params = model_->params();
+  kernels::Backend& be = model_->backend();
+  const kernels::TensorView buf = kernels::ViewOf(sync_buffer_);
   // Partial gradients of replicated parameters (sequence parallelism): one packed all-reduce.
-  std::vector<float> packed;
+  int64_t packed = 0;
   for (const Parameter& p : params.params()) {
     if (p.sharding.grad_sync != GradSync::kTensorParallelSum) continue;
-    packed.insert(packed.end(), p.grad.f32(), p.grad.f32() + p.grad.numel());
+    be.Copy(buf.Sub(packed, p.grad.numel()), kernels::ViewOf(p.grad));
+    packed += p.grad.numel();
   }
-  if (!packed.empty()) {
+  if (packed > 0) {
     LATTICE_RETURN_IF_ERROR(Annotate(
-        tp.AllReduce(packed.data(), packed.size(), CommType::kF32, ReduceOp::kSum),
+        tp.AllReduce(buf.f32(), static_cast<size_t>(packed), CommType::kF32, ReduceOp::kSum),
         "sequence-parallel gradient all-reduce"));
-    size_t at = 0;
+    int64_t at = 0;
     for (const Parameter& p : params.params()) {
       if (p.sharding.grad_sync != GradSync::kTensorParallelSum) continue;
-      std::memcpy(p.grad.f32(), packed.data() + at, p.grad.numel() * sizeof(float));
+      be.Copy(kernels::ViewOf(p.grad), buf.Sub(at, p.grad.numel()));
       at += p.grad.numel();
     }
   }
@@ -451,24 +477,26 @@ absl::Status ParallelEngine::SyncTensorParallelGrads() {
   for (const Parameter& p : params.params()) {
     if (p.sharding.grad_sync != GradSync::kReplicaRowSum) continue;
     const int64_t lc = p.local_cols(), gc = p.global_cols();
-    std::vector<float> full(NumElements(p.sharding.global_shape), 0.0f);
+    const int64_t numel = NumElements(p.sharding.global_shape);
+    const kernels::TensorView full = buf.Sub(0, numel);
+    const kernels::TensorView grad = kernels::ViewOf(p.grad);
+    be.Zero(full);
     for (const RowSegment& seg : p.sharding.segments) {
       if (seg.replicas <= 1) continue;
       for (int64_t r = 0; r < seg.count; ++r) {
-        const float* src = p.grad.f32() + (seg.local_begin + r) * lc;
-        float* dst = full.data() + (seg.global_begin + r) * gc + p.sharding.col_begin;
-        for (int64_t j = 0; j < lc; ++j) dst[j] += src[j];
+        const kernels::TensorView dst =
+            full.Sub((seg.global_begin + r) * gc + p.sharding.col_begin, lc);
+        be.ResidualForward(dst, dst, grad.Sub((seg.local_begin + r) * lc, lc), lc);
       }
     }
     LATTICE_RETURN_IF_ERROR(Annotate(
-        tp.AllReduce(full.data(), full.size(), CommType::kF32, ReduceOp::kSum),
+        tp.AllReduce(full.f32(), static_cast<size_t>(numel), CommType::kF32, ReduceOp::kSum),
         absl::StrCat("replicated kv-head gradient all-reduce of ", p.name)));
     for (const RowSegment& seg : p.sharding.segments) {
       if (seg.replicas <= 1) continue;
       for (int64_t r = 0; r < seg.count; ++r) {
-        std::memcpy(p.grad.f32() + (seg.local_begin + r) * lc,
-                    full.data() + (seg.global_begin + r) * gc + p.sharding.col_begin,
-                    lc * sizeof(float));
+        be.Copy(grad.Sub((seg.local_begin + r) * lc, lc),
+                full.Sub((seg.global_begin + r) * gc + p.sharding.col_begin, lc));
       }
     }
   }
@@ -484,11 +512,12 @@ absl::Status ParallelEngine::SyncEmbeddingGrads() {
                   "tied embedding gradient all-reduce (first and last pipeline stage)");
 }
 
-double ParallelEngine::OwnedSumOfSquares() const {
-  const float* g = model_->params().flat_grads().f32();
-  double sum = 0;
-  for (const auto& [b, e] : norm_ranges_) sum += kernels::cpu::SumOfSquares(g + b, e - b);
-  return sum;
+void ParallelEngine::AccumulateOwnedSumOfSquares(int slot) {
+  kernels::Backend& be = model_->backend();
+  const kernels::TensorView g = kernels::ViewOf(model_->params().flat_grads());
+  for (const auto& [b, e] : norm_ranges_) {
+    be.AccumulateSumOfSquares(*step_scalars_, slot, g.Sub(b, e - b));
+  }
 }
 
 // ---- Step -----------------------------------------------------------------------------------
@@ -504,7 +533,7 @@ absl::StatusOr<EngineStepResult> ParallelEngine::Step(const std::vector<TokenBat
     res.skipped = true;
     res.clip = 0.0f;
   } else {
-    res.clip = kernels::cpu::ClipCoefficient(res.grad_norm, cfg_.train.grad_clip);
+    res.clip = kernels::ClipCoefficient(res.grad_norm, cfg_.train.grad_clip);
     LATTICE_RETURN_IF_ERROR(Annotate(UpdateParameters(lr, res.clip), "optimizer"));
   }
   res.bytes = CommVolume::Between(before, TotalCounters());
@@ -515,7 +544,7 @@ absl::StatusOr<EngineStepResult> ParallelEngine::ComputeGradients(
     const std::vector<TokenBatch>& batches) {
   const CommCounters before = TotalCounters();
   LATTICE_ASSIGN_OR_RETURN(EngineStepResult res, ForwardBackward(batches));
-  res.clip = kernels::cpu::ClipCoefficient(res.grad_norm, cfg_.train.grad_clip);
+  res.clip = kernels::ClipCoefficient(res.grad_norm, cfg_.train.grad_clip);
   res.bytes = CommVolume::Between(before, TotalCounters());
   return res;
 }
@@ -542,8 +571,9 @@ absl::StatusOr<EngineStepResult> ParallelEngine::ForwardBackward(
   ParameterSet& params = model_->params();
   params.ZeroGrads();
   const float dloss = res.tokens > 0 ? 1.0f / static_cast<float>(res.tokens) : 0.0f;
-  double loss_sum = 0;
-  LATTICE_RETURN_IF_ERROR(RunSchedule(batches, dloss, /*train=*/true, &loss_sum));
+  kernels::Backend& be = model_->backend();
+  be.ZeroScalars(*step_scalars_);
+  LATTICE_RETURN_IF_ERROR(RunSchedule(batches, dloss, /*train=*/true));
   res.peak_in_flight = model_->peak_in_flight();
 
   if (!overlap_dp_) {
@@ -559,8 +589,12 @@ absl::StatusOr<EngineStepResult> ParallelEngine::ForwardBackward(
 
   // The loss comes from the last stage's first tensor-parallel rank of every dp rank; the norm
   // from every rank's owned elements. Summed in rank order, every rank sees the same bits.
+  // Both stayed on the device until this one read.
+  AccumulateOwnedSumOfSquares(1);
+  double device_sums[2];
+  be.ReadScalars(*step_scalars_, device_sums);
   const bool loss_rank = grid_.IsLastStage() && grid_.tp_rank() == 0;
-  double sums[2] = {loss_rank ? loss_sum : 0.0, OwnedSumOfSquares()};
+  double sums[2] = {loss_rank ? device_sums[0] : 0.0, device_sums[1]};
   LATTICE_RETURN_IF_ERROR(SumInRankOrder(world_, absl::MakeSpan(sums)));
   res.loss = res.tokens > 0 ? sums[0] / static_cast<double>(res.tokens) : 0.0;
   res.grad_norm = std::sqrt(sums[1]);
@@ -569,6 +603,7 @@ absl::StatusOr<EngineStepResult> ParallelEngine::ForwardBackward(
 
 absl::Status ParallelEngine::UpdateParameters(float lr, float clip) {
   ParameterSet& params = model_->params();
+  kernels::Backend& be = model_->backend();
   float* values = params.flat_values().f32();
   const float* grads = params.flat_grads().f32();
   optimizer_->BeginStep();
@@ -589,13 +624,13 @@ absl::Status ParallelEngine::UpdateParameters(float lr, float clip) {
     if (layout_.needs_padding(i)) {
       // The short bucket travels through a zero-padded staging buffer of dp * chunk elements.
       const OwnedRange own = layout_.Owned(i, rank);
-      float* staging = staging_.f32();
-      std::fill(staging, staging + layout_.padded(i), 0.0f);
+      const kernels::TensorView staging = kernels::ViewOf(staging_);
+      be.Zero(staging.Sub(0, layout_.padded(i)));
       if (own.numel() > 0) {
-        std::memcpy(staging + (own.begin - b.begin), values + own.begin,
-                    static_cast<size_t>(own.numel()) * sizeof(float));
+        be.Copy(staging.Sub(own.begin - b.begin, own.numel()),
+                kernels::F32View(values + own.begin, own.numel()));
       }
-      full = staging;
+      full = staging.f32();
     }
     absl::StatusOr<std::unique_ptr<Work>> w =
         comms_.dp->IAllGather(full + static_cast<int64_t>(rank) * b.chunk, full,
@@ -612,7 +647,8 @@ absl::Status ParallelEngine::UpdateParameters(float lr, float clip) {
   for (size_t i = 0; i < layout_.buckets.size(); ++i) {
     if (!layout_.needs_padding(i)) continue;
     const GradBucket& b = layout_.buckets[i];
-    std::memcpy(values + b.begin, staging_.f32(), static_cast<size_t>(b.numel()) * sizeof(float));
+    be.Copy(kernels::F32View(values + b.begin, b.numel()),
+            kernels::ViewOf(staging_).Sub(0, b.numel()));
   }
   return absl::OkStatus();
 }
@@ -627,10 +663,13 @@ absl::StatusOr<std::pair<double, int64_t>> ParallelEngine::Evaluate(
     if (!local.ok()) return local;
     return absl::FailedPreconditionError("evaluation: another rank passed invalid micro-batches");
   }
-  double loss_sum = 0;
-  LATTICE_RETURN_IF_ERROR(RunSchedule(batches, 0.0f, /*train=*/false, &loss_sum));
+  kernels::Backend& be = model_->backend();
+  be.ZeroScalars(*step_scalars_);
+  LATTICE_RETURN_IF_ERROR(RunSchedule(batches, 0.0f, /*train=*/false));
+  double device_sums[2];
+  be.ReadScalars(*step_scalars_, device_sums);
   const bool loss_rank = grid_.IsLastStage() && grid_.tp_rank() == 0;
-  double sums[2] = {loss_rank ? loss_sum : 0.0,
+  double sums[2] = {loss_rank ? device_sums[0] : 0.0,
                     loss_rank ? static_cast<double>(local_tokens) : 0.0};
   LATTICE_RETURN_IF_ERROR(SumInRankOrder(world_, absl::MakeSpan(sums)));
   return std::make_pair(sums[0], static_cast<int64_t>(sums[1]));
@@ -654,12 +693,14 @@ ParallelEngine::GatherOptimizerState() {
   // The moments in flat (parameter) coordinates. Plain data parallelism keeps them that way on
   // every dp rank; ZeRO-1 keeps this rank's shard at each segment's state_offset, spread back
   // here to the flat positions it owns (GatherFlat then takes each element from its owner).
+  kernels::Backend& be = model_->backend();
   auto flat = [&](const Tensor& state) -> Tensor {
     if (!cfg_.parallel.zero1) return state;
-    Tensor f = Tensor::Zeros({numel}, DType::kF32);
+    Tensor f(be.AllocateStorage(numel * static_cast<int64_t>(sizeof(float))), 0, {numel},
+             DType::kF32);
     for (const OptimizerSegment& s : optimizer_->segments()) {
-      std::memcpy(f.f32() + s.begin, state.f32() + s.state_offset,
-                  static_cast<size_t>(s.numel()) * sizeof(float));
+      be.Copy(kernels::ViewOf(f).Sub(s.begin, s.numel()),
+              kernels::ViewOf(state).Sub(s.state_offset, s.numel()));
     }
     return f;
   };
@@ -673,6 +714,7 @@ absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> ParallelEngine::Gath
     const float* flat, bool dp_sharded) {
   std::vector<std::pair<std::string, Tensor>> out;
   const ParameterSet& params = model_->params();
+  kernels::Backend& be = model_->backend();
   // The flat ranges this data-parallel rank contributes: everything on dp rank 0, or the
   // chunks it owns.
   std::vector<std::pair<int64_t, int64_t>> mine;
@@ -705,7 +747,8 @@ absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> ParallelEngine::Gath
           for (const auto& [mb, me] : mine) {
             const int64_t lo = std::max(mb, local), hi = std::min(me, local + lc);
             if (lo < hi) {
-              std::memcpy(dst + (lo - local), flat + lo, static_cast<size_t>(hi - lo) * sizeof(float));
+              be.CopyToHost(dst + (lo - local), DType::kF32, kernels::F32View(flat + lo, hi - lo),
+                            hi - lo);
             }
           }
         }
@@ -717,7 +760,7 @@ absl::StatusOr<std::vector<std::pair<std::string, Tensor>>> ParallelEngine::Gath
   at = 0;
   for (const auto& [name, shape] : shapes) {
     Tensor t = Tensor::Zeros(shape, DType::kF32);
-    std::memcpy(t.raw(), packed.f32() + at, t.nbytes());
+    std::copy_n(packed.f32() + at, t.numel(), t.f32());  // host to host
     at += t.numel();
     out.emplace_back(name, std::move(t));
   }
@@ -738,11 +781,12 @@ absl::Status ParallelEngine::LoadParameters(
           ShapeToString(p.sharding.global_shape), " f32"));
     }
     const int64_t lc = p.local_cols(), gc = p.global_cols();
+    kernels::Backend& be = model_->backend();
     for (const RowSegment& seg : p.sharding.segments) {
       for (int64_t r = 0; r < seg.count; ++r) {
-        std::memcpy(p.value.f32() + (seg.local_begin + r) * lc,
-                    full->f32() + (seg.global_begin + r) * gc + p.sharding.col_begin,
-                    lc * sizeof(float));
+        be.CopyFromHost(kernels::ViewOf(p.value).Sub((seg.local_begin + r) * lc, lc),
+                        full->f32() + (seg.global_begin + r) * gc + p.sharding.col_begin,
+                        DType::kF32, lc);
       }
     }
   }

@@ -196,12 +196,13 @@ class ParallelEngine {
   absl::Status CheckBatches(const std::vector<TokenBatch>& batches, int64_t* tokens) const;
   // Validation, the schedule, the gradient syncs and reductions, the loss and norm sums.
   absl::StatusOr<EngineStepResult> ForwardBackward(const std::vector<TokenBatch>& batches);
-  // Runs the pipeline schedule (or a forward-only pass) over the micro-batches.
-  absl::Status RunSchedule(const std::vector<TokenBatch>& batches, float dloss, bool train,
-                           double* loss_sum);
+  // Runs the pipeline schedule (or a forward-only pass) over the micro-batches; the head adds
+  // the loss sums to step_scalars_ slot 0.
+  absl::Status RunSchedule(const std::vector<TokenBatch>& batches, float dloss, bool train);
   absl::Status SyncTensorParallelGrads();
   absl::Status SyncEmbeddingGrads();
-  double OwnedSumOfSquares() const;
+  // step_scalars_[slot] += the sum of squares of the gradients in norm_ranges_.
+  void AccumulateOwnedSumOfSquares(int slot);
   // AdamW on this rank's segments, then (ZeRO-1) the all-gather of every bucket.
   absl::Status UpdateParameters(float lr, float clip);
   // Unsharded tensors from a flat buffer laid out like the parameters. Each element comes from
@@ -226,6 +227,10 @@ class ParallelEngine {
   EngineOptions options_;
   BucketLayout layout_;
   Tensor staging_;
+  // The tensor-parallel gradient syncs' buffer (tp > 1), allocated once.
+  Tensor sync_buffer_;
+  // The step's loss sum and sum of squares on the device (kernels/backend.h), read once.
+  std::unique_ptr<kernels::DeviceScalars> step_scalars_;
   std::unique_ptr<GradReducer> reducer_;
   std::unique_ptr<AdamW> optimizer_;
   // Per bucket, the optimizer segments [begin, end) inside this rank's chunk (ZeRO-1).

@@ -360,6 +360,10 @@ const std::vector<KeySpec>& Keys() {
              "micro-batches per evaluation"),
       StringKey("train.metrics_file", LATTICE_CONFIG_FIELD(train.metrics_file),
                 "JSONL metrics, one object per step"),
+      StringKey("train.tensorboard_dir", LATTICE_CONFIG_FIELD(train.tensorboard_dir),
+                "directory for TensorBoard event files (rank 0); empty = none"),
+      FloatKey("train.peak_tflops", LATTICE_CONFIG_FIELD(train.peak_tflops),
+               "dense peak TFLOP/s of one rank's device, for MFU; 0 = unknown (no MFU)"),
       StringKey("train.init_weights", LATTICE_CONFIG_FIELD(train.init_weights),
                 "safetensors to start from"),
       StringKey("train.save_weights", LATTICE_CONFIG_FIELD(train.save_weights),
@@ -367,6 +371,8 @@ const std::vector<KeySpec>& Keys() {
       BoolKey("train.overwrite_init_weights", LATTICE_CONFIG_FIELD(train.overwrite_init_weights),
               "let train.save_weights replace the train.init_weights file"),
       IntKey("train.threads", LATTICE_CONFIG_FIELD(train.threads), "CPU threads; 0 = all cores"),
+      FloatKey("train.exit_after_minutes", LATTICE_CONFIG_FIELD(train.exit_after_minutes),
+               "checkpoint and stop (exit 75) this many minutes after start; 0 = no limit"),
 
       StringKey("data.tokenizer", LATTICE_CONFIG_FIELD(data.tokenizer),
                 "path to tokenizer.json, or \"byte\""),
@@ -736,6 +742,13 @@ absl::Status Config::Validate() const {
     e.Add(absl::StrCat("train.adam_eps=", t.adam_eps, " must be > 0"));
   }
   if (std::isnan(t.grad_clip)) e.Add("train.grad_clip=nan must be a number (<= 0 disables)");
+  if (!(t.exit_after_minutes >= 0) || !std::isfinite(t.exit_after_minutes)) {
+    e.Add(absl::StrCat("train.exit_after_minutes=", t.exit_after_minutes,
+                       " must be >= 0 (0 = no limit)"));
+  }
+  if (!(t.peak_tflops >= 0) || !std::isfinite(t.peak_tflops)) {
+    e.Add(absl::StrCat("train.peak_tflops=", t.peak_tflops, " must be >= 0 (0 = unknown)"));
+  }
 
   // Model shape.
   if (m.d_model % m.n_head != 0) {

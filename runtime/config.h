@@ -63,10 +63,15 @@ struct TrainConfig {
   int64_t eval_interval = 0;        // train.eval_interval (0 = never)
   int64_t eval_iters = 10;          // train.eval_iters (global batches per evaluation)
   std::string metrics_file;         // train.metrics_file (JSONL, one object per step)
+  std::string tensorboard_dir;      // train.tensorboard_dir (TensorBoard event files; "" = none)
+  double peak_tflops = 0;           // train.peak_tflops (device dense peak per rank, for MFU; 0 = unknown)
   std::string init_weights;         // train.init_weights (safetensors to start from)
   std::string save_weights;         // train.save_weights (safetensors written at the end)
   bool overwrite_init_weights = false;  // train.overwrite_init_weights (save_weights may be init_weights)
   int threads = 0;                  // train.threads (0 = all cores)
+  // train.exit_after_minutes: save a checkpoint and stop (exit status 75, launcher/preemption.h)
+  // at the first step boundary this many minutes after the start; 0 = no limit.
+  double exit_after_minutes = 0;
 
   bool operator==(const TrainConfig&) const = default;
 };

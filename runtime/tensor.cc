@@ -1,5 +1,6 @@
 #include "runtime/tensor.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -15,7 +16,14 @@ std::string Device::ToString() const {
   return type == DeviceType::kCpu ? "cpu" : absl::StrCat("cuda:", index);
 }
 
+namespace {
+std::atomic<int64_t> cpu_storage_allocations{0};
+}  // namespace
+
+int64_t CpuStorage::allocations() { return cpu_storage_allocations.load(); }
+
 CpuStorage::CpuStorage(size_t bytes) : bytes_(bytes) {
+  cpu_storage_allocations.fetch_add(1, std::memory_order_relaxed);
   // Rounding up to the alignment must not wrap around to a tiny block.
   if (bytes > std::numeric_limits<size_t>::max() - 63) throw std::bad_alloc();
   const size_t rounded = ((bytes + 63) / 64) * 64;

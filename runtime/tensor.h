@@ -49,6 +49,9 @@ class CpuStorage final : public Storage {
   void* data() override { return data_; }
   size_t bytes() const override { return bytes_; }
   Device device() const override { return Device::Cpu(); }
+  // CpuStorage blocks created so far in this process (every Tensor::Zeros and every CPU
+  // backend allocation): a test asserts that a steady-state training step adds none.
+  static int64_t allocations();
 
  private:
   void* data_ = nullptr;

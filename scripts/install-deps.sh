@@ -15,6 +15,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   clang-14 libclang-rt-14-dev libomp-14-dev
   openmpi-bin libopenmpi-dev
+  slurmctld slurmd slurm-client munge libpmix-dev
   bible-kjv
   python3 python3-venv python3-pip python3-numpy python3-yaml python3-torch
 )
@@ -42,7 +43,11 @@ VENV="${LATTICE_VENV:-$ROOT/.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import tokenizers, safetensors, torch, numpy" 2>/dev/null; then
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "tokenizers==0.20.3" "safetensors==0.4.5"
+# transformers (tests/launcher/hf_convert_test.py only): 4.45.2 runs on Debian's torch 1.13 and
+# accepts tokenizers 0.20 (4.40.2 requires tokenizers < 0.20, which the pin above rules out).
+# tensorboard (tests/launcher/tensorboard_test.py only): its own reader checks lattice's event
+# files; 2.18.0 installs on Python 3.11 beside Debian's numpy 1.24 (protobuf comes from PyPI).
+if ! "$VENV/bin/python" -c "import tokenizers, safetensors, torch, numpy, transformers, tensorboard" 2>/dev/null; then
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "tokenizers==0.20.3" "safetensors==0.4.5" "transformers==4.45.2" "tensorboard==2.18.0"
 fi
 "$VENV/bin/python" -c "import tokenizers, torch, numpy; print('install-deps: python oracles ok: torch', torch.__version__, 'tokenizers', tokenizers.__version__)"

@@ -9,9 +9,11 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
 #include <limits>
 #include <set>
 #include <system_error>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -44,6 +46,9 @@ constexpr int kMaxIndexDepth = 16;
 // Bytes written per write(2) call and CRC pass: large enough that syscalls cost nothing next to
 // the copy, small enough that the CRC pass reads data still in the cache.
 constexpr uint64_t kWriteChunk = uint64_t{8} << 20;
+// Elements of one state tensor at most: its F32 bytes (4 * numel) then fit in int64, so no byte
+// count of a box or a file computed from a shape can wrap (2^61 elements is 8 EiB).
+constexpr int64_t kMaxTensorElements = std::numeric_limits<int64_t>::max() / 4;
 
 absl::Status Bad(const std::string& path, absl::string_view what) {
   return absl::DataLossError(absl::StrCat(path, ": ", what));
@@ -134,6 +139,7 @@ int64_t CheckedNumel(const std::vector<int64_t>& shape) {
   return n;
 }
 
+// Boxes here are validated: inside their tensor, so offset + shape never overflows.
 bool Overlap(const Box& a, const Box& b) {
   for (size_t d = 0; d < a.offset.size(); ++d) {
     if (a.offset[d] + a.shape[d] <= b.offset[d] || b.offset[d] + b.shape[d] <= a.offset[d]) {
@@ -141,6 +147,76 @@ bool Overlap(const Box& a, const Box& b) {
     }
   }
   return true;
+}
+
+// Two boxes of `boxes` (validated, of one tensor) that overlap, or {nullptr, nullptr}. In
+// O(n log n) for the 1-D and 2-D tensors lattice stores, so that an index of a million boxes
+// (a hostile one, or a large ZeRO-1 run) costs milliseconds, not the hours a pairwise check
+// of boxes sharing their rows would take.
+std::pair<const Box*, const Box*> FindOverlap(const std::vector<const Box*>& boxes) {
+  if (boxes.empty()) return {nullptr, nullptr};
+  const size_t nd = boxes[0]->offset.size();
+  if (nd == 1) {
+    std::vector<const Box*> sorted = boxes;
+    std::sort(sorted.begin(), sorted.end(),
+              [](const Box* a, const Box* b) { return a->offset[0] < b->offset[0]; });
+    for (size_t i = 0; i + 1 < sorted.size(); ++i) {
+      if (sorted[i]->offset[0] + sorted[i]->shape[0] > sorted[i + 1]->offset[0]) {
+        return {sorted[i], sorted[i + 1]};
+      }
+    }
+    return {nullptr, nullptr};
+  }
+  if (nd == 2) {
+    // A sweep over dim 0. The boxes whose row range holds the sweep position are "active";
+    // their column ranges must be disjoint, so in a set ordered by first column a new box can
+    // only meet its neighbours. A box ends before another starts at the same row (half-open).
+    struct Event {
+      int64_t row;
+      bool start;
+      const Box* box;
+    };
+    std::vector<Event> events;
+    events.reserve(2 * boxes.size());
+    for (const Box* b : boxes) {
+      events.push_back({b->offset[0], true, b});
+      events.push_back({b->offset[0] + b->shape[0], false, b});
+    }
+    std::sort(events.begin(), events.end(), [](const Event& a, const Event& b) {
+      return a.row != b.row ? a.row < b.row : (!a.start && b.start);
+    });
+    auto by_col = [](const Box* a, const Box* b) { return a->offset[1] < b->offset[1]; };
+    std::set<const Box*, decltype(by_col)> active(by_col);
+    for (const Event& e : events) {
+      if (!e.start) {
+        // Active boxes have distinct first columns, so the key finds this very box.
+        active.erase(e.box);
+        continue;
+      }
+      auto [it, inserted] = active.insert(e.box);
+      if (!inserted) return {*it, e.box};  // the same first column: both are non-empty
+      if (it != active.begin()) {
+        const Box* prev = *std::prev(it);
+        if (prev->offset[1] + prev->shape[1] > e.box->offset[1]) return {prev, e.box};
+      }
+      if (auto next = std::next(it); next != active.end()) {
+        if (e.box->offset[1] + e.box->shape[1] > (*next)->offset[1]) return {e.box, *next};
+      }
+    }
+    return {nullptr, nullptr};
+  }
+  // More dims (no lattice tensor has them): compare the boxes whose first ranges meet.
+  std::vector<const Box*> sorted = boxes;
+  std::sort(sorted.begin(), sorted.end(),
+            [](const Box* a, const Box* b) { return a->offset < b->offset; });
+  for (size_t i = 0; i < sorted.size(); ++i) {
+    for (size_t k = i + 1;
+         k < sorted.size() && sorted[k]->offset[0] < sorted[i]->offset[0] + sorted[i]->shape[0];
+         ++k) {
+      if (Overlap(*sorted[i], *sorted[k])) return {sorted[i], sorted[k]};
+    }
+  }
+  return {nullptr, nullptr};
 }
 
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, uint64_t limit) {
@@ -192,8 +268,14 @@ int64_t Box::numel() const {
 
 std::string Box::ToString() const {
   std::vector<std::string> dims;
-  for (size_t d = 0; d < offset.size(); ++d) {
-    dims.push_back(absl::StrCat(offset[d], ":", offset[d] + shape[d]));
+  for (size_t d = 0; d < offset.size() && d < shape.size(); ++d) {
+    // Error messages print boxes of indexes that failed validation: the end may not fit.
+    int64_t end;
+    if (__builtin_add_overflow(offset[d], shape[d], &end)) {
+      dims.push_back(absl::StrCat(offset[d], ":", offset[d], "+", shape[d]));
+    } else {
+      dims.push_back(absl::StrCat(offset[d], ":", end));
+    }
   }
   return absl::StrCat("[", absl::StrJoin(dims, ", "), "]");
 }
@@ -307,7 +389,10 @@ absl::StatusOr<CheckpointIndex> CheckpointIndex::FromJson(absl::string_view text
     LATTICE_ASSIGN_OR_RETURN(l.zero1, r.Bool(*layout, "zero1", "layout"));
     LATTICE_ASSIGN_OR_RETURN(l.sequence_parallel, r.Bool(*layout, "sequence_parallel", "layout"));
     LATTICE_ASSIGN_OR_RETURN(l.schedule, r.String(*layout, "schedule", "layout"));
-    if (tp * dp * pp != world) {
+    // Each factor is below 2^24, so tp * dp stays far inside int64; the product with pp may
+    // not (2^72), and a product past kMaxRanks cannot be the world anyway.
+    int64_t product = tp * dp;
+    if (__builtin_mul_overflow(product, pp, &product) || product != world) {
       return Bad(path, absl::StrCat("layout tp*dp*pp = ", tp, "*", dp, "*", pp,
                                     " differs from world ", world));
     }
@@ -389,11 +474,12 @@ absl::Status ValidateIndex(const CheckpointIndex& index, const std::string& path
       return Bad(path, absl::StrCat(where, " has dtype ", t.dtype, "; lattice stores F32"));
     }
     const int64_t numel = CheckedNumel(t.shape);
-    if (t.shape.empty() || numel < 0) {
+    if (t.shape.empty() || numel < 0 || numel > kMaxTensorElements) {
       return Bad(path, absl::StrCat(where, " has shape ", ShapeToString(t.shape),
                                     " (empty or too large)"));
     }
     int64_t covered = 0;
+    std::vector<const Box*> valid;  // the boxes checked so far
     for (size_t i = 0; i < t.boxes.size(); ++i) {
       const StoredBox& b = t.boxes[i];
       const std::string bw = absl::StrCat(where, " box ", i);
@@ -426,23 +512,17 @@ absl::Status ValidateIndex(const CheckpointIndex& index, const std::string& path
         return Bad(path, absl::StrCat(bw, ": safetensors name '", b.name, "' is used twice in '",
                                       index.files[b.file].name, "'"));
       }
+      valid.push_back(&b.box);
+      // n <= numel <= kMaxTensorElements and covered <= numel before the sum: no overflow.
       covered += n;
+      // More elements than the tensor has: two of the boxes so far overlap (found below; the
+      // boxes after them are not validated and never looked at).
+      if (covered > numel) break;
     }
-    // Exactly once: the volumes add up to the tensor and no two boxes overlap (a sweep over the
-    // boxes sorted by their first offset compares only boxes whose first ranges meet).
-    std::vector<const Box*> sorted;
-    for (const StoredBox& b : t.boxes) sorted.push_back(&b.box);
-    std::sort(sorted.begin(), sorted.end(),
-              [](const Box* a, const Box* b) { return a->offset < b->offset; });
-    for (size_t i = 0; i < sorted.size(); ++i) {
-      for (size_t k = i + 1;
-           k < sorted.size() && sorted[k]->offset[0] < sorted[i]->offset[0] + sorted[i]->shape[0];
-           ++k) {
-        if (Overlap(*sorted[i], *sorted[k])) {
-          return Bad(path, absl::StrCat(where, ": boxes ", sorted[i]->ToString(), " and ",
-                                        sorted[k]->ToString(), " overlap"));
-        }
-      }
+    // Exactly once: no two boxes overlap, and their volumes add up to the tensor.
+    if (const auto [a, b] = FindOverlap(valid); a != nullptr) {
+      return Bad(path, absl::StrCat(where, ": boxes ", a->ToString(), " and ", b->ToString(),
+                                    " overlap"));
     }
     if (covered != numel) {
       return Bad(path, absl::StrCat(where, " of shape ", ShapeToString(t.shape), ": its ",

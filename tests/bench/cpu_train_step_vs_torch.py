@@ -372,10 +372,11 @@ def main():
                                        "configs/tiny-gpt2.yaml", "--repeats", "1", "--warmup", "0"],
                                       capture_output=True, text=True, cwd=ROOT).stdout
                        .strip().splitlines()[-1])
-    blas = f"{probe.get('blas', '?')}, kernels {probe.get('kernels', '?')}"
+    blas = (f"GEMMs {probe.get('gemm', '?')}, OpenBLAS {probe.get('blas', '?')}, "
+            f"kernels {probe.get('kernels', '?')}")
     print(f"Measured {started:%Y-%m-%d %H:%M %Z} on {cpu_model()}, {os.cpu_count()} cores "
           f"(load average when started: {os.getloadavg()[0]:.1f}); lattice {git_commit()} "
-          f"(OpenBLAS {blas}); PyTorch {torch_version}; {a.rounds} interleaved rounds of "
+          f"({blas}); PyTorch {torch_version}; {a.rounds} interleaved rounds of "
           f"{a.warmup} warm-up + {a.repeats} timed steps per runner.")
     print(f"Command: `.venv-bench/bin/python tests/bench/cpu_train_step_vs_torch.py"
           + "".join(f" --only {o}" for o in a.only) + f" --rounds {a.rounds}`\n")

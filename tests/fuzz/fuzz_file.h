@@ -1,6 +1,7 @@
-// Fuzz inputs as files: lattice's readers take paths (and memory-map them), so each input is
-// written to a file of this process's own in a RAM-backed folder, rewritten in place for every
-// input (no new inode per run) and removed at exit.
+// Shared by the fuzz targets: Check (an invariant), and fuzz inputs as files: lattice's readers
+// take paths (and memory-map them), so each input is written to a file of this process's own in
+// a RAM-backed folder, rewritten in place for every input (no new inode per run) and removed at
+// exit.
 #ifndef LATTICE_TESTS_FUZZ_FUZZ_FILE_H_
 #define LATTICE_TESTS_FUZZ_FUZZ_FILE_H_
 
@@ -14,6 +15,12 @@
 #include <string>
 
 namespace lattice::fuzz {
+
+// A violated invariant: trap, so libFuzzer records the input as a crash (an abort() could be
+// intercepted; __builtin_trap cannot).
+inline void Check(bool ok) {
+  if (!ok) __builtin_trap();
+}
 
 class FuzzFile {
  public:

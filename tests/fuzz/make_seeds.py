@@ -239,19 +239,234 @@ def json_seeds(out, deep):
     write(out, t, "deep_object", '{"k":' * deep + "1" + "}" * deep)
 
 
+# ---- checkpoint index.json and shards ----------------------------------------------------------
+
+def crc32c(data):
+    # CRC-32C (Castagnoli): reflected polynomial 0x82F63B78, initial and final ~0.
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def checkpoint(boxes, shapes, header_pad=True, meta=True):
+    """An index and its one shard (docs/checkpoints.md, "The format"): `boxes` lists
+    (key, offset, shape) in file order, `shapes` the global shape per key; element k of box j
+    holds the float j + k / 64."""
+    assert crc32c(b"123456789") == 0xE3069283  # RFC 3720's check value
+    header = {}
+    if meta:
+        header["__metadata__"] = {"format": "pt", "lattice_checkpoint_format_version": "1",
+                                  "rank": "0", "world": "1", "iteration": "4"}
+    payload, at, names = b"", 0, []
+    for j, (key, off, shp) in enumerate(boxes):
+        n = 1
+        for d in shp:
+            n *= d
+        data = struct.pack("<%df" % n, *[j + k / 64 for k in range(n)])
+        name = key + "@" + ",".join(str(o) for o in off)
+        header[name] = {"dtype": "F32", "shape": shp, "data_offsets": [at, at + len(data)]}
+        names.append((name, at, data))
+        payload += data
+        at += len(data)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    if header_pad:
+        h += b" " * ((8 - len(h) % 8) % 8)
+    shard = struct.pack("<Q", len(h)) + h + payload
+    tensors = {k: {"dtype": "F32", "shape": v, "boxes": []} for k, v in shapes.items()}
+    for (key, off, shp), (name, begin, data) in zip(boxes, names):
+        if key not in tensors:
+            continue  # in the shard only (a shard that holds more than its index says)
+        tensors[key]["boxes"].append({
+            "offset": off, "shape": shp, "file": 0, "name": name,
+            "byte_offset": 8 + len(h) + begin, "nbytes": len(data),
+            "crc32c": "%08x" % crc32c(data)})
+    index = {
+        "format": "lattice-checkpoint", "format_version": 1,
+        "iteration": 4, "optimizer_step": 4, "skipped_iterations": 0, "nan_iterations": 0,
+        "seed": 1234,
+        "layout": {"world": 1, "tp": 1, "dp": 1, "pp": 1, "vpp": 1, "zero1": False,
+                   "sequence_parallel": False, "schedule": "1f1b"},
+        "data_state": {"version": 1, "consumed_samples": 32, "seed": 1234, "seq_len": 16,
+                       "sources": [{"path": "data.bin", "num_tokens": 20000, "weight": 1.0}]},
+        "config": "version: 1\nmodel:\n  arch: gpt2\n  n_layer: 1\n",
+        "files": [{"name": "shard_00000_of_00001.safetensors", "bytes": len(shard), "rank": 0}],
+        "tensors": tensors,
+    }
+    return index, shard
+
+
+# Every kind of split lattice writes: a tensor in two row boxes, a 1-D tensor whole, columns
+# split (tensor parallelism), and a ZeRO-1 chunk cutting a row (partial row, partial row, rows).
+CKPT_SHAPES = {"model/w": [4, 3], "model/b": [5], "model/c": [2, 4],
+               "optimizer/exp_avg/w": [4, 3]}
+CKPT_BOXES = [("model/w", [0, 0], [1, 3]), ("model/w", [1, 0], [3, 3]),
+              ("model/b", [0], [5]),
+              ("model/c", [0, 0], [2, 2]), ("model/c", [0, 2], [2, 2]),
+              ("optimizer/exp_avg/w", [0, 0], [1, 2]), ("optimizer/exp_avg/w", [0, 2], [1, 1]),
+              ("optimizer/exp_avg/w", [1, 0], [3, 3])]
+
+
+def checkpoint_seeds(out, deep):
+    t = "checkpoint_index"
+
+    def dump(index):
+        # Compact, so that the corpus stays small and mutations land on structure.
+        return json.dumps(index, separators=(",", ":")).encode()
+
+    def both(index, shard):
+        return dump(index) + b"\x00" + shard
+
+    index, shard = checkpoint(CKPT_BOXES, CKPT_SHAPES)
+    # The layout of CheckpointIndex::ToJson (nlohmann's dump(1)) once.
+    write(out, t, "valid_as_written", json.dumps(index, indent=1).encode() + b"\x00" + shard)
+    write(out, t, "valid", both(index, shard))
+    write(out, t, "valid_index_only", dump(index))
+    write(out, t, "valid_no_data_state", both(dict(index, data_state=None), shard))
+
+    # The damaged indexes fail before any shard is read: without one, the corpus stays small.
+    def variant(name, edit, with_shard=False):
+        i = json.loads(json.dumps(index))
+        edit(i)
+        write(out, t, name, both(i, shard) if with_shard else dump(i))
+
+    # Deep nesting: past the index's bound of 16, in the data state and in a box's offsets.
+    nest = "[" * deep + "]" * deep
+    text = dump(index).decode()
+    write(out, t, "deep_data_state", text.replace('"data_state":{', '"data_state":{"x":' + nest + ',', 1))
+    write(out, t, "deep_offset", text.replace('"offset":[', '"offset":[' + nest + ',', 1))
+    write(out, t, "deep_array", nest)
+
+    # Huge numbers.
+    def huge_layout(i):
+        i["layout"].update(world=1 << 24, tp=1 << 24, dp=1 << 24, pp=1 << 24)
+    variant("huge_layout", huge_layout)
+    variant("huge_counters", lambda i: i.update(iteration=18446744073709551615,
+                                                optimizer_step=9223372036854775807,
+                                                seed=18446744073709551615))
+    variant("negative_counters", lambda i: i.update(iteration=-1, optimizer_step=-2))
+    variant("float_counter", lambda i: i.update(iteration=4.0))
+
+    def huge_shape(i):
+        # 2^62 elements: 4 * 2^62 bytes wraps to 0 in 64 bits.
+        i["tensors"]["model/b"] = {"dtype": "F32", "shape": [4611686018427387904], "boxes": [
+            {"offset": [0], "shape": [4611686018427387904], "file": 0, "name": "model/b@0",
+             "byte_offset": 0, "nbytes": 0, "crc32c": "00000000"}]}
+    variant("huge_shape_wrapping_bytes", huge_shape)
+
+    def covered_overflow(i):
+        big = 4611686018427387904
+        i["tensors"]["model/b"] = {"dtype": "F32", "shape": [big], "boxes": [
+            {"offset": [0], "shape": [big], "file": 0, "name": "model/b@%d" % k,
+             "byte_offset": 0, "nbytes": 0, "crc32c": "00000000"} for k in range(5)]}
+    variant("covered_overflow", covered_overflow)
+
+    def huge_offset(i):
+        i["tensors"]["model/b"]["boxes"][0]["offset"] = [9223372036854775807]
+        i["tensors"]["model/b"]["boxes"][0]["shape"] = [9223372036854775807]
+    variant("huge_offset", huge_offset)
+
+    def huge_byte_offset(i):
+        b = i["tensors"]["model/b"]["boxes"][0]
+        b["byte_offset"] = 18446744073709551615
+        i["files"][0]["bytes"] = 18446744073709551615
+    variant("huge_byte_offset", huge_byte_offset)
+    variant("huge_dims", lambda i: i["tensors"]["model/c"].update(
+        shape=[4294967296, 4294967296, 4294967296]))
+
+    # Boxes that overlap or leave gaps.
+    def overlap_2d(i):
+        i["tensors"]["model/c"]["boxes"][1]["offset"] = [0, 1]  # columns 1:3 meet 0:2
+    variant("overlap_columns", overlap_2d)
+
+    def overlap_same_start(i):
+        i["tensors"]["model/c"]["boxes"][1]["offset"] = [0, 0]
+    variant("overlap_same_box", overlap_same_start)
+
+    def overlap_rows(i):
+        i["tensors"]["model/w"]["boxes"][1]["offset"] = [0, 0]  # rows 0:3 meet row 0:1
+    variant("overlap_rows", overlap_rows)
+
+    def overlap_1d(i):
+        b = i["tensors"]["model/b"]["boxes"][0]
+        i["tensors"]["model/b"]["boxes"] = [
+            dict(b, offset=[0], shape=[3], nbytes=12, name="model/b@0"),
+            dict(b, offset=[2], shape=[3], nbytes=12, name="model/b@2")]
+    variant("overlap_1d", overlap_1d)
+
+    def overlap_far(i):
+        # Partial rows that only meet a box of another row band (not its sweep neighbour).
+        bs = i["tensors"]["optimizer/exp_avg/w"]["boxes"]
+        bs[2]["offset"] = [0, 0]
+    variant("overlap_partial_rows", overlap_far)
+
+    def gap(i):
+        i["tensors"]["model/w"]["boxes"].pop()
+    variant("gap", gap)
+    variant("outside_shape", lambda i: i["tensors"]["model/w"]["boxes"][1].update(offset=[2, 0]))
+    variant("empty_box", lambda i: i["tensors"]["model/b"]["boxes"][0].update(shape=[0]))
+    variant("dims_mismatch", lambda i: i["tensors"]["model/b"]["boxes"][0].update(offset=[0, 0]))
+    variant("wrong_nbytes", lambda i: i["tensors"]["model/b"]["boxes"][0].update(nbytes=16))
+    variant("scalar_tensor", lambda i: i["tensors"]["model/b"].update(shape=[]))
+    variant("zero_size_tensor", lambda i: i["tensors"].update(
+        {"model/z": {"dtype": "F32", "shape": [0, 3], "boxes": []}}))
+    variant("bf16_tensor", lambda i: i["tensors"]["model/b"].update(dtype="BF16"))
+
+    # Files.
+    variant("file_escapes", lambda i: i["files"][0].update(name="../shard_00000_of_00001.safetensors"))
+    variant("file_absolute", lambda i: i["files"][0].update(name="/etc/passwd"))
+    variant("file_dot", lambda i: i["files"][0].update(name="."))
+    variant("file_is_index", lambda i: i["files"][0].update(name="index.json"))
+    variant("file_twice", lambda i: i["files"].append(dict(i["files"][0])))
+    variant("file_missing", lambda i: i["files"].append(
+        {"name": "shard_00001_of_00002.safetensors", "bytes": 8, "rank": 0}))
+    variant("file_index_out_of_range", lambda i: i["tensors"]["model/b"]["boxes"][0].update(file=3))
+    variant("file_rank_outside_world", lambda i: i["files"][0].update(rank=1))
+    variant("name_twice", lambda i: i["tensors"]["model/w"]["boxes"][1].update(name="model/w@0,0"))
+    variant("crc_not_hex", lambda i: i["tensors"]["model/b"]["boxes"][0].update(crc32c="xyz01234"))
+
+    # Not this format.
+    variant("format_version_2", lambda i: i.update(format_version=2))
+    variant("foreign_format", lambda i: i.update(format="torch-dcp"))
+    variant("layout_product", lambda i: i["layout"].update(world=2))
+    variant("steps_exceed_iteration", lambda i: i.update(optimizer_step=5))
+    write(out, t, "truncated_index", dump(index)[: len(dump(index)) // 2])
+    write(out, t, "duplicate_key", text.replace('"seed":1234,', '"seed":1234,"seed":1,', 1))
+    write(out, t, "not_object", "[1, 2, 3]")
+
+    # The shard does not match its index.
+    flipped = bytearray(shard)
+    flipped[-5] ^= 0x10
+    write(out, t, "shard_flipped_byte", both(index, bytes(flipped)))
+    write(out, t, "shard_truncated", both(index, shard[:-7]))
+    _, fewer = checkpoint(CKPT_BOXES[:-1], CKPT_SHAPES)
+    write(out, t, "shard_missing_tensor", both(index, fewer))
+    _, more = checkpoint(CKPT_BOXES + [("model/x", [0], [2])], CKPT_SHAPES)
+    write(out, t, "shard_extra_tensor", both(index, more))
+    # An unpadded header (legal safetensors): the boxes are not 4-byte aligned in the file.
+    write(out, t, "shard_unaligned", both(*checkpoint(CKPT_BOXES[:3], {
+        "model/w": [4, 3], "model/b": [5]}, header_pad=False)))
+    write(out, t, "shard_no_metadata", both(*checkpoint(CKPT_BOXES, CKPT_SHAPES, meta=False)))
+    write(out, t, "shard_garbage", dump(index) + b"\x00" + b"\x07" * 64)
+
+
 def main():
     if len(sys.argv) != 3 or sys.argv[1] not in ("small", "large"):
         print(__doc__)
         return 2
     out = sys.argv[2]
     if sys.argv[1] == "small":
-        # Past every limit (JSON 64, safetensors 16, YAML 32), yet small enough to commit.
+        # Past every limit (JSON 64, safetensors 16, YAML 32, checkpoint index 16), yet small
+        # enough to commit.
         deep = 300
         safetensors_seeds(out, deep)
         token_seeds(out)
         tokenizer_seeds(out, deep)
         config_seeds(out, deep)
         json_seeds(out, deep)
+        checkpoint_seeds(out, deep)
     else:
         # The sizes that crashed before the fix (GitHub issue 8).
         deep = 100000
@@ -259,6 +474,7 @@ def main():
         tokenizer_seeds(out, deep)
         config_seeds(out, deep)
         json_seeds(out, deep)
+        checkpoint_seeds(out, deep)
     return 0
 
 

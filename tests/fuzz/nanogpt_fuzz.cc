@@ -9,11 +9,7 @@
 #include "runtime/data/token_file.h"
 #include "tests/fuzz/fuzz_file.h"
 
-namespace {
-void Check(bool ok) {
-  if (!ok) __builtin_trap();
-}
-}  // namespace
+using lattice::fuzz::Check;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace lattice;

@@ -27,10 +27,16 @@
    from exactly those weights; `ckpt reshard` to (1,1,1) and back to (2,2,2) reproduces the
    original shard files byte for byte; retention keeps checkpoint.keep newest plus every
    checkpoint.keep_every-th.
+7. Async saves under faults: with checkpoint.keep=1 and rank 0 killed in the middle of an async
+   save, the newest committed checkpoint is still there and resumes; an async save's write error
+   (RLIMIT_FSIZE: write(2) fails with EFBIG) fails the run at the next save, or at exit for the
+   last one, naming the iteration and the cause, with nothing committed or left behind.
 """
 import json
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -62,12 +68,24 @@ def check(label, ok, detail=""):
     return ok
 
 
-def run(cmd, env=None, timeout=600):
+def run(cmd, env=None, timeout=600, preexec_fn=None):
+    # restore_signals=False keeps what preexec_fn set (Python would reset SIGXFSZ to default).
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=env if env is not None else ENV)
+                          env=env if env is not None else ENV, preexec_fn=preexec_fn,
+                          restore_signals=preexec_fn is None)
 
 
-def train(tmp, np_, extra, fault=None, steps=STEPS):
+def file_size_limit(nbytes):
+    """For run(preexec_fn=...): files the process writes may not grow past `nbytes` (RLIMIT_FSIZE;
+    with SIGXFSZ ignored a write past it fails with EFBIG instead of killing the process), a real
+    write error at a chosen size."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return apply
+
+
+def train(tmp, np_, extra, fault=None, steps=STEPS, preexec_fn=None):
     data = os.path.join(tmp, "data.bin")
     cmd = ([shutil.which("mpirun"), "-np", str(np_), "--bind-to", "none"] if np_ > 1 else [])
     cmd += [LATTICE, "train", "--config", TINY, "--set", f"data.train={data}",
@@ -78,7 +96,7 @@ def train(tmp, np_, extra, fault=None, steps=STEPS):
     env = dict(ENV)
     if fault:
         env["LATTICE_FAULT_INJECT"] = fault
-    return run(cmd, env)
+    return run(cmd, env, preexec_fn=preexec_fn)
 
 
 def rows_of(path):
@@ -410,6 +428,52 @@ def main():
         check("retention keeps the 2 newest and every 4th (4, 7, 8)",
               r.returncode == 0 and kept == ["step_00000004", "step_00000007", "step_00000008"],
               str(kept) + r.stderr)
+
+        # Retention while an async save is in flight: rank 0 killed half-way through writing
+        # iteration 5 (keep=1, a save every step): the newest committed checkpoint, 4, is there
+        # and named by `latest`, and the next start resumes from it.
+        root = os.path.join(tmp, "retention-in-flight")
+        args = ["--set", f"checkpoint.dir={root}", "--set", "checkpoint.interval=1",
+                "--set", "checkpoint.keep=1", "--set", "checkpoint.async=true"]
+        r = train(tmp, 1, args, fault="shard_write:0:5", steps=6)
+        kept = sorted(d for d in os.listdir(root) if d.startswith("step_"))
+        check("keep=1, async: killed while saving iteration 5, the newest committed one (4) is "
+              f"kept ({kept})",
+              r.returncode != 0 and "sends itself SIGKILL at shard_write" in r.stderr and
+              kept == ["step_00000004"] and
+              open(os.path.join(root, "latest")).read() == "step_00000004\n" and
+              os.path.isdir(os.path.join(root, ".tmp.step_00000005")), r.stdout + r.stderr)
+        r = train(tmp, 1, args, steps=6)
+        kept = sorted(d for d in os.listdir(root) if d.startswith("step_"))
+        check("keep=1, async: the next start resumes from it and keeps only the newest",
+              r.returncode == 0 and "resumed from " + step_dir(root, 4) in r.stdout and
+              kept == ["step_00000006"], r.stdout + r.stderr + str(kept))
+
+        # An async save that fails (a real write error: the shard cannot grow past 256 KiB, a
+        # tenth of it, while the index and metrics fit) surfaces at the next save at the latest,
+        # and the save at the end of training at exit: the run fails naming the iteration and
+        # the cause, nothing is committed, nothing is left behind.
+        limit = file_size_limit(256 << 10)
+        for what, interval, steps, failed_at in (("at the next save", 2, STEPS, 2),
+                                                 ("at exit", 0, 3, 3)):
+            root = os.path.join(tmp, f"async-error-{interval}")
+            metrics = root + ".jsonl"
+            r = train(tmp, 1, ["--set", f"checkpoint.dir={root}",
+                               "--set", f"checkpoint.interval={interval}",
+                               "--set", "checkpoint.async=true",
+                               "--set", f"train.metrics_file={metrics}"],
+                      steps=steps, preexec_fn=limit)
+            rows = [x["step"] for x in rows_of(metrics)]
+            left = sorted(os.listdir(root)) if os.path.isdir(root) else []
+            # The save of iteration 2 fails at the boundary after step 3 or at step 4's save.
+            reached = (bool(rows) and max(rows) <= 2 * interval) if interval else \
+                rows == list(range(1, steps + 1))
+            check(f"async save write error surfaces {what} (iteration {failed_at}; steps run "
+                  f"{rows}, left {left})",
+                  r.returncode != 0 and
+                  f"checkpoint of iteration {failed_at} was not saved" in r.stderr and
+                  "File too large" in r.stderr and reached and left == [] and
+                  all(m not in r.stderr for m in CRASH_MARKS), r.stdout + r.stderr)
 
     print("FAILED: " + ", ".join(failures) if failures else "all checks passed")
     return 1 if failures else 0

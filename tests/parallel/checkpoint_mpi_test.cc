@@ -16,11 +16,20 @@
 //    one-rank layout reads all of it exactly once.
 // 3. An async save writes the same bytes as a sync save of the same state (every shard file and
 //    the index are byte-identical).
+// 4. A write error of an async save on one rank surfaces on every rank at the next save, or at
+//    Finish for the last one; nothing is committed, nothing is left behind.
+// 5. Retention (keep=1) with async saves never deletes the newest committed checkpoint while a
+//    save is in flight.
+// 6. train.init_weights' path (a weights-only load) reads exactly the weight boxes a rank
+//    holds, none of the optimizer's.
 #include <gtest/gtest.h>
 
 #include <stdlib.h>
+#include <sys/resource.h>
 
+#include <algorithm>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -28,6 +37,7 @@
 #include <iterator>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -395,6 +405,264 @@ TEST(AsyncSave, WritesTheBytesOfASyncSave) {
         ++files;
       }
       EXPECT_EQ(files, l.world() + 1);  // the shards and the index
+    }
+  }
+  World().Barrier().IgnoreError();
+  if (World().rank() == 0) {
+    std::error_code ec;
+    fs::remove_all(root, ec);
+  }
+}
+
+// An async save whose writer fails on one rank (its file size limit, RLIMIT_FSIZE, set below the
+// shard's size: write(2) fails with EFBIG half-way through the shard, a real I/O error) is
+// reported on EVERY rank, at the next save or, for the last save, at Finish (the end of
+// training), naming the iteration and the failing rank's error; nothing is committed and the
+// partial directory is removed; the saver then saves again normally.
+TEST(AsyncSave, AWriteErrorOnOneRankSurfacesOnEveryRankAtTheNextSaveOrAtFinish) {
+  const Layout l = Layouts()[1];  // dp=2 with ZeRO-1: two writers
+  const Config cfg = WithLayout(ModelConfigFor(Arch::kGpt2), l);
+  const std::string root = SharedTempDir();
+  std::unique_ptr<Communicator> sub = SubWorld(l.world());
+  if (sub != nullptr) {
+    std::unique_ptr<ParallelEngine> engine = MakeEngine(cfg, *sub);
+    ASSERT_NE(engine, nullptr);
+    CheckpointOptions o;
+    o.root = root;
+    o.async = true;
+    absl::StatusOr<std::unique_ptr<CheckpointSaver>> saver = CheckpointSaver::Create(*sub, o);
+    ASSERT_TRUE(saver.ok()) << saver.status();
+    const TrainStateRegistry reg = TrainStateRegistry::ForEngine(*engine);
+    // Rank 1's shard is ~0.3 MB (half of the tiny model's ~53K weights and their two moments):
+    // at 4 KiB its write fails part-way through.
+    ASSERT_GT(reg.save_bytes(), 16384u);
+    const bool failing = sub->rank() == 1;
+    struct rlimit saved_limit;
+    ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved_limit), 0);
+    void (*saved_handler)(int) = SIG_DFL;
+    if (failing) {
+      // Without SIGXFSZ ignored the kernel would kill the process instead of failing the write.
+      saved_handler = std::signal(SIGXFSZ, SIG_IGN);
+      struct rlimit small = saved_limit;
+      small.rlim_cur = 4096;
+      ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+    }
+    auto expect_failed = [&](const absl::StatusOr<std::optional<SaveStats>>& s, int iteration) {
+      ASSERT_FALSE(s.ok()) << "rank " << sub->rank();
+      const std::string m(s.status().message());
+      EXPECT_EQ(s.status().code(), absl::StatusCode::kResourceExhausted) << m;
+      EXPECT_NE(m.find(absl::StrCat("checkpoint of iteration ", iteration, " was not saved")),
+                std::string::npos) << m;
+      EXPECT_NE(m.find("rank 1: "), std::string::npos) << m;
+      EXPECT_NE(m.find("shard_00001_of_00002.safetensors: write failed: File too large"),
+                std::string::npos) << m;
+      EXPECT_FALSE((*saver)->in_flight());
+    };
+
+    // 1. At the next save.
+    TakeSteps(*engine, cfg, 0, 1);
+    absl::StatusOr<std::optional<SaveStats>> s = (*saver)->Save(reg, ContentsFor(cfg, *engine));
+    ASSERT_TRUE(s.ok()) << s.status() << " (the writer runs in the background)";
+    TakeSteps(*engine, cfg, 1, 2);
+    s = (*saver)->Save(reg, ContentsFor(cfg, *engine));
+    expect_failed(s, 1);
+    // 2. At the end of training.
+    s = (*saver)->Save(reg, ContentsFor(cfg, *engine));
+    ASSERT_TRUE(s.ok()) << s.status();
+    s = (*saver)->Finish();
+    expect_failed(s, 2);
+    if (failing) {
+      ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &saved_limit), 0);
+      std::signal(SIGXFSZ, saved_handler);
+    }
+    EXPECT_TRUE(ListCheckpoints(root)->empty());
+    // 3. The saver goes on: the same iteration again, now with room.
+    s = (*saver)->Save(reg, ContentsFor(cfg, *engine));
+    ASSERT_TRUE(s.ok()) << s.status();
+    s = (*saver)->Finish();
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_TRUE(s->has_value());
+    EXPECT_EQ((*s)->iteration, 2);
+    sub->Barrier().IgnoreError();
+    std::vector<std::string> entries;
+    for (const auto& e : fs::directory_iterator(root)) {
+      entries.push_back(e.path().filename().string());
+    }
+    std::sort(entries.begin(), entries.end());
+    EXPECT_EQ(entries, (std::vector<std::string>{"latest", "step_00000002"}))
+        << "the failed saves left something behind";
+  }
+  World().Barrier().IgnoreError();
+  if (World().rank() == 0) {
+    std::error_code ec;
+    fs::remove_all(root, ec);
+  }
+}
+
+// Retention with async saves (checkpoint.keep=1): while a save is in flight the newest
+// committed checkpoint is never deleted, however many older ones retention removes; each commit
+// removes exactly the one it supersedes, and `latest` names the newest committed one.
+TEST(Retention, KeepsTheNewestCommittedWhileAnAsyncSaveIsInFlight) {
+  const Layout l = Layouts()[1];  // dp=2 with ZeRO-1: two writers
+  const Config cfg = WithLayout(ModelConfigFor(Arch::kGpt2), l);
+  const std::string root = SharedTempDir();
+  std::unique_ptr<Communicator> sub = SubWorld(l.world());
+  if (sub != nullptr) {
+    std::unique_ptr<ParallelEngine> engine = MakeEngine(cfg, *sub);
+    ASSERT_NE(engine, nullptr);
+    CheckpointOptions o;
+    o.root = root;
+    o.async = true;
+    o.keep = 1;
+    absl::StatusOr<std::unique_ptr<CheckpointSaver>> saver = CheckpointSaver::Create(*sub, o);
+    ASSERT_TRUE(saver.ok()) << saver.status();
+    const TrainStateRegistry reg = TrainStateRegistry::ForEngine(*engine);
+    // The committed checkpoints (their iterations), as discovery and resume see them.
+    auto committed = [&] {
+      std::vector<int64_t> its;
+      absl::StatusOr<std::vector<CheckpointEntry>> all = ListCheckpoints(root);
+      EXPECT_TRUE(all.ok()) << all.status();
+      if (all.ok()) {
+        for (const CheckpointEntry& e : *all) its.push_back(e.iteration);
+      }
+      return its;
+    };
+    auto latest = [&] { return ReadFile(fs::path(root) / kCheckpointLatestFile); };
+    auto removed = [&](const std::optional<SaveStats>& s) {
+      return s.has_value() ? s->removed : std::vector<std::string>{"(no commit)"};
+    };
+    const std::vector<std::string> none;
+    const std::string step1 = (fs::path(root) / CheckpointDirName(1)).string();
+    const std::string step2 = (fs::path(root) / CheckpointDirName(2)).string();
+
+    TakeSteps(*engine, cfg, 0, 1);
+    absl::StatusOr<std::optional<SaveStats>> s = (*saver)->Save(reg, ContentsFor(cfg, *engine));
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_FALSE(s->has_value());
+    EXPECT_EQ(committed(), std::vector<int64_t>{});
+    s = (*saver)->Finish();
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(removed(*s), none);
+    EXPECT_EQ(committed(), std::vector<int64_t>{1});
+
+    // The save of iteration 2 in flight: iteration 1 is the newest committed one and stays.
+    TakeSteps(*engine, cfg, 1, 2);
+    s = (*saver)->Save(reg, ContentsFor(cfg, *engine));
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_FALSE(s->has_value()) << "nothing was in flight to commit";
+    EXPECT_TRUE((*saver)->in_flight());
+    EXPECT_EQ(committed(), std::vector<int64_t>{1});
+    EXPECT_EQ(latest(), "step_00000001\n");
+
+    // The save of iteration 3 commits 2 first (removing 1), then is in flight: 2 stays.
+    TakeSteps(*engine, cfg, 2, 3);
+    s = (*saver)->Save(reg, ContentsFor(cfg, *engine));
+    ASSERT_TRUE(s.ok()) << s.status();
+    ASSERT_TRUE(s->has_value());
+    EXPECT_EQ((*s)->iteration, 2);
+    if (sub->rank() == 0) EXPECT_EQ((*s)->removed, std::vector<std::string>{step1});
+    EXPECT_TRUE((*saver)->in_flight());
+    // More steps with the save in flight (the ranks poll at every boundary, as the trainer
+    // does): until it commits, iteration 2 is there.
+    for (int step = 3; step < 5 && (*saver)->in_flight(); ++step) {
+      EXPECT_EQ(committed(), std::vector<int64_t>{2});
+      EXPECT_EQ(latest(), "step_00000002\n");
+      TakeSteps(*engine, cfg, step, step + 1);
+      s = (*saver)->Poll();
+      ASSERT_TRUE(s.ok()) << s.status();
+      if (s->has_value() && sub->rank() == 0) {
+        EXPECT_EQ((*s)->removed, std::vector<std::string>{step2});
+      }
+    }
+    s = (*saver)->Finish();
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(committed(), std::vector<int64_t>{3});
+    EXPECT_EQ(latest(), "step_00000003\n");
+  }
+  World().Barrier().IgnoreError();
+  if (World().rank() == 0) {
+    std::error_code ec;
+    fs::remove_all(root, ec);
+  }
+}
+
+bool Meets(const Box& a, const Box& b) {
+  for (size_t d = 0; d < a.offset.size(); ++d) {
+    if (a.offset[d] + a.shape[d] <= b.offset[d] || b.offset[d] + b.shape[d] <= a.offset[d]) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// train.init_weights from a checkpoint (launcher/trainer.cc, LoadInitialWeights: resolve, open,
+// CheckCompatible without the optimizer, ReadState into the weights-only registry): a checkpoint
+// of (dp,tp,pp)=(2,2,2) ZeRO-1 loaded at (1,2,2). Each rank reads exactly the stored weight
+// boxes that meet the rows and columns it holds (counted independently here), none of the
+// optimizer's, and well under all the weights; the gathered weights are the saved ones.
+TEST(InitWeights, EachRankReadsOnlyTheWeightBoxesItHolds) {
+  const Layout save_at = Layouts()[3];  // dp x tp x pp with ZeRO-1
+  const Layout load_at = Layouts()[2];  // tp x pp with sequence parallelism
+  const Config base = ModelConfigFor(Arch::kGpt2);
+  const std::string root = SharedTempDir();
+  NamedTensors saved;
+  {
+    const Config cfg = WithLayout(base, save_at);
+    std::unique_ptr<Communicator> sub = SubWorld(save_at.world());
+    if (sub != nullptr) {
+      std::unique_ptr<ParallelEngine> engine = MakeEngine(cfg, *sub);
+      ASSERT_NE(engine, nullptr);
+      TakeSteps(*engine, cfg, 0, 2);
+      NamedTensors w = Gathered(engine->GatherParameters());
+      if (sub->rank() == 0) saved = std::move(w);
+      CheckpointOptions o;
+      o.root = root;
+      absl::StatusOr<std::unique_ptr<CheckpointSaver>> saver = CheckpointSaver::Create(*sub, o);
+      ASSERT_TRUE(saver.ok()) << saver.status();
+      absl::StatusOr<std::optional<SaveStats>> s =
+          (*saver)->Save(TrainStateRegistry::ForEngine(*engine), ContentsFor(cfg, *engine));
+      ASSERT_TRUE(s.ok()) << s.status();
+    }
+  }
+  const Config cfg = WithLayout(base, load_at);
+  std::unique_ptr<Communicator> sub = SubWorld(load_at.world());
+  if (sub != nullptr) {
+    std::unique_ptr<ParallelEngine> engine = MakeEngine(cfg, *sub);
+    ASSERT_NE(engine, nullptr);
+    absl::StatusOr<std::string> dir = ResolveCheckpoint(root);
+    ASSERT_TRUE(dir.ok()) << dir.status();
+    absl::StatusOr<std::unique_ptr<CheckpointReader>> reader = CheckpointReader::Open(*dir);
+    ASSERT_TRUE(reader.ok()) << reader.status();
+    ASSERT_TRUE(CheckCompatible(**reader, cfg.model, /*need_optimizer=*/false).ok());
+    const TrainStateRegistry weights = TrainStateRegistry::ForEngine(*engine, /*weights_only=*/true);
+    EXPECT_FALSE(weights.has_optimizer());
+    const absl::Status read = ReadState(**reader, weights);
+    ASSERT_TRUE(AgreeOnStatus(*sub, read).ok()) << read;
+
+    const CheckpointIndex& idx = (*reader)->index();
+    uint64_t needed = 0, model_payload = 0;
+    for (const auto& [key, t] : idx.tensors) {
+      if (key.rfind("model/", 0) != 0) continue;
+      for (const StoredBox& b : t.boxes) model_payload += b.nbytes;
+    }
+    for (const StateTensor& t : weights.tensors()) {
+      EXPECT_EQ(t.key.rfind("model/", 0), 0u) << t.key;
+      const std::vector<StoredBox>& boxes = idx.tensors.at(t.key).boxes;
+      for (const StoredBox& b : boxes) {
+        bool meets = false;
+        for (const StatePiece& piece : t.loads) meets = meets || Meets(b.box, piece.box);
+        if (meets) needed += b.nbytes;
+      }
+    }
+    EXPECT_EQ((*reader)->bytes_read(), needed) << "rank " << sub->rank();
+    // tp=2 x pp=2: a rank holds about a quarter of the weights (replicated norms and biases,
+    // and the embedding's rows on both ends of the pipeline, make it more).
+    EXPECT_LT((*reader)->bytes_read(), model_payload * 6 / 10)
+        << "rank " << sub->rank() << " read " << (*reader)->bytes_read() << " of "
+        << model_payload << " weight bytes";
+    const NamedTensors loaded = Gathered(engine->GatherParameters());
+    if (sub->rank() == 0) {
+      EXPECT_EQ(FirstDifference(loaded, saved), "") << "the loaded weights differ from the saved";
     }
   }
   World().Barrier().IgnoreError();
