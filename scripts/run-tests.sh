@@ -2,7 +2,7 @@
 # Sets up a fresh Debian 12 machine, builds lattice and runs every test. This is the README's
 # test command and exactly what CI runs (.ci/run). Stages, each of which must pass:
 #   1. the Release build and the whole ctest suite (unit, mpi, python, numeric labels);
-#   2. the numerical tests again under other OpenBLAS kernels and thread counts
+#   2. the numerical tests again under other GEMM libraries, kernels and thread counts
 #      (scripts/numeric-matrix.sh), so no tolerance fitted to this CPU passes;
 #   3. every libFuzzer target for a bounded time (scripts/fuzz.sh);
 #   4. the suite under ASan + UBSan + LeakSanitizer (scripts/run-sanitizers.sh).
@@ -35,7 +35,7 @@ if [ "${LATTICE_QUICK:-0}" = "1" ]; then
   exit 0
 fi
 
-stage "2/4 numerical tests under other OpenBLAS kernels and thread counts"
+stage "2/4 numerical tests under other GEMM libraries, kernels and thread counts"
 # Stage 1 already ran the default kernels with the default threads.
 bash scripts/numeric-matrix.sh "$BUILD"
 

@@ -63,18 +63,8 @@ constexpr int64_t kMicro = 2;
 constexpr int64_t kSeqLen = 16;
 constexpr int kSteps = 5;
 
-struct Layout {
-  int dp = 1, tp = 1, pp = 1, vpp = 1;
-  bool sp = false, zero1 = false;
-  PipelineSchedule schedule = PipelineSchedule::kOneFOneB;
-  std::string Name() const {
-    const char* s = schedule == PipelineSchedule::kGpipe         ? "gpipe"
-                    : schedule == PipelineSchedule::kInterleaved ? "interleaved"
-                                                                 : "1f1b";
-    return absl::StrCat("(dp,tp,pp)=(", dp, ",", tp, ",", pp, ") vpp=", vpp, " ", s,
-                        sp ? " sp" : "", zero1 ? " zero1" : "");
-  }
-};
+using testing::Layout;
+using testing::WithLayout;
 
 Config ModelConfigFor(Arch arch) {
   Config c;
@@ -102,37 +92,8 @@ Config ModelConfigFor(Arch arch) {
   return c;
 }
 
-Config WithLayout(Config c, const Layout& l) {
-  c.parallel.tp = l.tp;
-  c.parallel.pp = l.pp;
-  c.parallel.vpp = l.vpp;
-  c.parallel.dp = l.dp;
-  c.parallel.sequence_parallel = l.sp;
-  c.parallel.zero1 = l.zero1;
-  c.parallel.schedule = l.schedule;
-  return c;
-}
-
-// Global sample g: T + 1 pseudo-random tokens; the last g % 3 targets are ignored, so dp ranks
-// count different numbers of targets and the global normalisation matters.
 TokenBatch Samples(int64_t first, int64_t b, int64_t vocab) {
-  TokenBatch mb;
-  mb.b = b;
-  mb.t = kSeqLen;
-  for (int64_t i = 0; i < b; ++i) {
-    const int64_t g = first + i;
-    std::vector<int32_t> s(kSeqLen + 1);
-    uint64_t x = static_cast<uint64_t>(g) * 0x9E3779B97F4A7C15ull + 99;
-    for (auto& v : s) {
-      x ^= x >> 31;
-      x *= 0xBF58476D1CE4E5B9ull;
-      x ^= x >> 29;
-      v = static_cast<int32_t>(x % static_cast<uint64_t>(vocab));
-    }
-    mb.inputs.insert(mb.inputs.end(), s.begin(), s.end() - 1);
-    for (int64_t j = 1; j <= kSeqLen; ++j) mb.targets.push_back(j > kSeqLen - g % 3 ? -1 : s[j]);
-  }
-  return mb;
+  return testing::PseudoRandomSamples(first, b, kSeqLen, vocab, /*salt=*/99);
 }
 
 // Megatron's sampler: at consumed offset s, dp rank r reads s + r*m .. s + r*m + m - 1, then

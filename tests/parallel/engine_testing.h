@@ -10,10 +10,63 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "parallel/engine.h"
+#include "runtime/config.h"
 #include "tests/parallel/adam_drift.h"
 
 namespace lattice::testing {
+
+// One parallel layout of a test matrix.
+struct Layout {
+  int dp = 1, tp = 1, pp = 1, vpp = 1;
+  bool sp = false, zero1 = false;
+  PipelineSchedule schedule = PipelineSchedule::kOneFOneB;
+  int world() const { return dp * tp * pp; }
+  std::string Name() const {
+    const char* s = schedule == PipelineSchedule::kGpipe         ? "gpipe"
+                    : schedule == PipelineSchedule::kInterleaved ? "interleaved"
+                                                                 : "1f1b";
+    return absl::StrCat("(dp,tp,pp)=(", dp, ",", tp, ",", pp, ") vpp=", vpp, " ", s,
+                        sp ? " sp" : "", zero1 ? " zero1" : "");
+  }
+};
+
+// `c` with the layout `l`.
+inline Config WithLayout(Config c, const Layout& l) {
+  c.parallel.tp = l.tp;
+  c.parallel.pp = l.pp;
+  c.parallel.vpp = l.vpp;
+  c.parallel.dp = l.dp;
+  c.parallel.sequence_parallel = l.sp;
+  c.parallel.zero1 = l.zero1;
+  c.parallel.schedule = l.schedule;
+  return c;
+}
+
+// Samples first .. first + b - 1 of a pseudo-random data set (splitmix64 of the global sample
+// index and `salt`): T + 1 tokens each; the last g % 3 targets of sample g are ignored, so dp
+// ranks count different numbers of targets and the global normalisation matters.
+inline TokenBatch PseudoRandomSamples(int64_t first, int64_t b, int64_t t, int64_t vocab,
+                                      uint64_t salt) {
+  TokenBatch mb;
+  mb.b = b;
+  mb.t = t;
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t g = first + i;
+    std::vector<int32_t> s(static_cast<size_t>(t + 1));
+    uint64_t x = static_cast<uint64_t>(g) * 0x9E3779B97F4A7C15ull + salt;
+    for (auto& v : s) {
+      x ^= x >> 31;
+      x *= 0xBF58476D1CE4E5B9ull;
+      x ^= x >> 29;
+      v = static_cast<int32_t>(x % static_cast<uint64_t>(vocab));
+    }
+    mb.inputs.insert(mb.inputs.end(), s.begin(), s.end() - 1);
+    for (int64_t j = 1; j <= t; ++j) mb.targets.push_back(j > t - g % 3 ? -1 : s[j]);
+  }
+  return mb;
+}
 
 // The value of a gather, or nothing (with a test failure) when it failed.
 inline NamedTensors Gathered(absl::StatusOr<NamedTensors> t) {
