@@ -96,27 +96,9 @@ std::vector<Layout> Layouts() {
 }
 
 Config ModelConfigFor(Arch arch) {
-  Config c;
-  c.model.arch = arch;
-  c.model.n_layer = 4;
-  c.model.d_model = 32;
-  c.model.n_head = 4;
-  c.model.seq_len = kSeqLen;
-  c.model.vocab_pad_multiple = 64;
-  if (arch == Arch::kLlama) {
-    c.model.n_kv_head = 2;
-    c.model.d_ff = 64;
-    c.model.vocab_size = 60;
-  } else {
-    c.model.vocab_size = 50;
-  }
+  Config c = testing::TinyEngineConfig(arch, /*n_layer=*/4, kSeqLen, kMicro, kGlobalBatch);
   c.train.seed = 11;
-  c.train.micro_batch_size = kMicro;
-  c.train.global_batch_size = kGlobalBatch;
   c.train.steps = kSaveStep + kMoreSteps;
-  c.train.lr = 3e-3f;
-  c.train.min_lr = 3e-4f;
-  c.train.warmup_steps = 1;
   return c;
 }
 
@@ -200,18 +182,36 @@ std::unique_ptr<Communicator> SubWorld(int n) {
   return c.ok() ? std::move(c).value() : nullptr;
 }
 
-// A fresh directory every rank knows (rank 0 makes it; the path is broadcast).
-std::string SharedTempDir() {
-  char path[256] = {0};
-  if (World().rank() == 0) {
-    const std::string pattern =
-        (fs::temp_directory_path() / "lattice_ckpt_test_XXXXXX").string();
-    std::snprintf(path, sizeof(path), "%s", pattern.c_str());
-    EXPECT_NE(::mkdtemp(path), nullptr);
+// A fresh directory every rank knows (rank 0 makes it; the path is broadcast), removed at the
+// end of the test: the destructor is collective (all ranks meet first, so none removes it while
+// another still reads or writes).
+class SharedTempDir {
+ public:
+  SharedTempDir() {
+    char path[256] = {0};
+    if (World().rank() == 0) {
+      const std::string pattern =
+          (fs::temp_directory_path() / "lattice_ckpt_test_XXXXXX").string();
+      std::snprintf(path, sizeof(path), "%s", pattern.c_str());
+      EXPECT_NE(::mkdtemp(path), nullptr);
+    }
+    EXPECT_TRUE(World().Broadcast(path, sizeof(path), CommType::kU8, 0).ok());
+    path_ = path;
   }
-  EXPECT_TRUE(World().Broadcast(path, sizeof(path), CommType::kU8, 0).ok());
-  return path;
-}
+  ~SharedTempDir() {
+    World().Barrier().IgnoreError();
+    if (World().rank() == 0) {
+      std::error_code ec;
+      fs::remove_all(path_, ec);
+    }
+  }
+  SharedTempDir(const SharedTempDir&) = delete;
+  SharedTempDir& operator=(const SharedTempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
 
 CheckpointContents ContentsFor(const Config& cfg, const ParallelEngine& engine) {
   CheckpointContents c;
@@ -236,7 +236,8 @@ TEST_P(ReshardMatrix, EveryLayoutLoadsEveryOtherBitForBit) {
   const Arch arch = GetParam();
   const Config base = ModelConfigFor(arch);
   const std::vector<Layout> layouts = Layouts();
-  const std::string root = SharedTempDir();
+  const SharedTempDir tmp;
+  const std::string& root = tmp.path();
 
   // The uninterrupted single-rank run, on every rank.
   std::vector<double> ref_losses;
@@ -321,8 +322,6 @@ TEST_P(ReshardMatrix, EveryLayoutLoadsEveryOtherBitForBit) {
     std::printf("  %zu layouts, %zu loads: state bit for bit; continued losses worst rel diff "
                 "%.2e vs one rank\n",
                 layouts.size(), layouts.size() * (layouts.size() - 1), worst);
-    std::error_code ec;
-    fs::remove_all(root, ec);
   }
 }
 
@@ -335,7 +334,8 @@ INSTANTIATE_TEST_SUITE_P(Models, ReshardMatrix, ::testing::Values(Arch::kGpt2, A
 TEST(AsyncSave, WritesTheBytesOfASyncSave) {
   const Layout l = Layouts()[3];  // dp x tp x pp with ZeRO-1
   const Config cfg = WithLayout(ModelConfigFor(Arch::kGpt2), l);
-  const std::string root = SharedTempDir();
+  const SharedTempDir tmp;
+  const std::string& root = tmp.path();
   std::unique_ptr<Communicator> sub = SubWorld(l.world());
   if (sub != nullptr) {
     std::unique_ptr<ParallelEngine> engine = MakeEngine(cfg, *sub);
@@ -371,11 +371,6 @@ TEST(AsyncSave, WritesTheBytesOfASyncSave) {
       EXPECT_EQ(files, l.world() + 1);  // the shards and the index
     }
   }
-  World().Barrier().IgnoreError();
-  if (World().rank() == 0) {
-    std::error_code ec;
-    fs::remove_all(root, ec);
-  }
 }
 
 // An async save whose writer fails on one rank (its file size limit, RLIMIT_FSIZE, set below the
@@ -386,7 +381,8 @@ TEST(AsyncSave, WritesTheBytesOfASyncSave) {
 TEST(AsyncSave, AWriteErrorOnOneRankSurfacesOnEveryRankAtTheNextSaveOrAtFinish) {
   const Layout l = Layouts()[1];  // dp=2 with ZeRO-1: two writers
   const Config cfg = WithLayout(ModelConfigFor(Arch::kGpt2), l);
-  const std::string root = SharedTempDir();
+  const SharedTempDir tmp;
+  const std::string& root = tmp.path();
   std::unique_ptr<Communicator> sub = SubWorld(l.world());
   if (sub != nullptr) {
     std::unique_ptr<ParallelEngine> engine = MakeEngine(cfg, *sub);
@@ -456,11 +452,6 @@ TEST(AsyncSave, AWriteErrorOnOneRankSurfacesOnEveryRankAtTheNextSaveOrAtFinish) 
     EXPECT_EQ(entries, (std::vector<std::string>{"latest", "step_00000002"}))
         << "the failed saves left something behind";
   }
-  World().Barrier().IgnoreError();
-  if (World().rank() == 0) {
-    std::error_code ec;
-    fs::remove_all(root, ec);
-  }
 }
 
 // Retention with async saves (checkpoint.keep=1): while a save is in flight the newest
@@ -469,7 +460,8 @@ TEST(AsyncSave, AWriteErrorOnOneRankSurfacesOnEveryRankAtTheNextSaveOrAtFinish) 
 TEST(Retention, KeepsTheNewestCommittedWhileAnAsyncSaveIsInFlight) {
   const Layout l = Layouts()[1];  // dp=2 with ZeRO-1: two writers
   const Config cfg = WithLayout(ModelConfigFor(Arch::kGpt2), l);
-  const std::string root = SharedTempDir();
+  const SharedTempDir tmp;
+  const std::string& root = tmp.path();
   std::unique_ptr<Communicator> sub = SubWorld(l.world());
   if (sub != nullptr) {
     std::unique_ptr<ParallelEngine> engine = MakeEngine(cfg, *sub);
@@ -543,11 +535,6 @@ TEST(Retention, KeepsTheNewestCommittedWhileAnAsyncSaveIsInFlight) {
     EXPECT_EQ(committed(), std::vector<int64_t>{3});
     EXPECT_EQ(latest(), "step_00000003\n");
   }
-  World().Barrier().IgnoreError();
-  if (World().rank() == 0) {
-    std::error_code ec;
-    fs::remove_all(root, ec);
-  }
 }
 
 bool Meets(const Box& a, const Box& b) {
@@ -568,7 +555,8 @@ TEST(InitWeights, EachRankReadsOnlyTheWeightBoxesItHolds) {
   const Layout save_at = Layouts()[3];  // dp x tp x pp with ZeRO-1
   const Layout load_at = Layouts()[2];  // tp x pp with sequence parallelism
   const Config base = ModelConfigFor(Arch::kGpt2);
-  const std::string root = SharedTempDir();
+  const SharedTempDir tmp;
+  const std::string& root = tmp.path();
   NamedTensors saved;
   {
     const Config cfg = WithLayout(base, save_at);
@@ -628,11 +616,6 @@ TEST(InitWeights, EachRankReadsOnlyTheWeightBoxesItHolds) {
     if (sub->rank() == 0) {
       EXPECT_EQ(FirstDifference(loaded, saved), "") << "the loaded weights differ from the saved";
     }
-  }
-  World().Barrier().IgnoreError();
-  if (World().rank() == 0) {
-    std::error_code ec;
-    fs::remove_all(root, ec);
   }
 }
 

@@ -67,27 +67,9 @@ using testing::Layout;
 using testing::WithLayout;
 
 Config ModelConfigFor(Arch arch) {
-  Config c;
-  c.model.arch = arch;
-  c.model.n_layer = 8;
-  c.model.d_model = 32;
-  c.model.n_head = 4;
-  c.model.seq_len = kSeqLen;
-  c.model.vocab_pad_multiple = 64;
-  if (arch == Arch::kLlama) {
-    c.model.n_kv_head = 2;
-    c.model.d_ff = 64;
-    c.model.vocab_size = 60;  // padded to 64: 4 padding rows masked out of the loss
-  } else {
-    c.model.vocab_size = 50;  // padded to 64
-  }
+  Config c = testing::TinyEngineConfig(arch, /*n_layer=*/8, kSeqLen, kMicro, kGlobalBatch);
   c.train.seed = 7;
-  c.train.micro_batch_size = kMicro;
-  c.train.global_batch_size = kGlobalBatch;
   c.train.steps = kSteps;
-  c.train.lr = 3e-3f;
-  c.train.min_lr = 3e-4f;
-  c.train.warmup_steps = 1;
   c.train.grad_clip = 1.0f;
   return c;
 }

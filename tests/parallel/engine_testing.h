@@ -44,6 +44,34 @@ inline Config WithLayout(Config c, const Layout& l) {
   return c;
 }
 
+// The engine tests' small model: `n_layer` layers of width 32 with 4 heads (Llama: 2 kv heads,
+// GQA), a vocabulary that pads (50 or 60 real rows to 64, the padding masked out of the loss),
+// and the AdamW schedule the tests train with: one warm-up step, lr 3e-3 decaying to 3e-4.
+// Each test sets its own seed, batch and step counts.
+inline Config TinyEngineConfig(Arch arch, int64_t n_layer, int64_t seq_len, int64_t micro_batch,
+                               int64_t global_batch) {
+  Config c;
+  c.model.arch = arch;
+  c.model.n_layer = n_layer;
+  c.model.d_model = 32;
+  c.model.n_head = 4;
+  c.model.seq_len = seq_len;
+  c.model.vocab_pad_multiple = 64;
+  if (arch == Arch::kLlama) {
+    c.model.n_kv_head = 2;
+    c.model.d_ff = 64;
+    c.model.vocab_size = 60;  // padded to 64: 4 padding rows masked out of the loss
+  } else {
+    c.model.vocab_size = 50;  // padded to 64
+  }
+  c.train.micro_batch_size = micro_batch;
+  c.train.global_batch_size = global_batch;
+  c.train.lr = 3e-3f;
+  c.train.min_lr = 3e-4f;
+  c.train.warmup_steps = 1;
+  return c;
+}
+
 // Samples first .. first + b - 1 of a pseudo-random data set (splitmix64 of the global sample
 // index and `salt`): T + 1 tokens each; the last g % 3 targets of sample g are ignored, so dp
 // ranks count different numbers of targets and the global normalisation matters.
