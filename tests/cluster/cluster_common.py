@@ -13,51 +13,23 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "pylib"))
+from lattice_testing import (EXACT, LATTICE, SKIP, SRC, TINY, check, failures,  # noqa: E402,F401
+                             finish, mpirun_present, write_random_tokens)
+import lattice_testing  # noqa: E402
 
-LATTICE = os.path.abspath(os.environ.get("LATTICE_BIN", "build/lattice"))
-SRC = os.environ.get("LATTICE_SOURCE_DIR",
-                     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-TINY = os.path.join(SRC, "configs", "tiny-gpt2.yaml")
-SKIP = 77  # ctest's SKIP_RETURN_CODE for the Python tests (tests/CMakeLists.txt)
-# Open MPI as root, more ranks than cores, and no single-copy mechanism in containers
-# (REFERENCE.md section 1). mpi_yield_when_idle: mpirun turns it on by itself when it places
-# more ranks than cores, but ranks started by srun only know the CPUs the node declares (8 on
-# the test Slurm, 2 real cores), and 4 ranks spinning in MPI waits on 2 cores made each step of
-# the tiny run 30x slower (200 ms instead of 6 ms, measured here).
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_btl_vader_single_copy_mechanism="none",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1",
-           OMP_NUM_THREADS="1")
-ENV.pop("LATTICE_FAULT_INJECT", None)
-# The fields of a metrics row a resumed run must reproduce bit for bit (the rest are timings).
-EXACT = ("step", "loss", "grad_norm", "lr", "consumed_samples", "skipped")
+# lattice_testing.ENV plus mpi_yield_when_idle: mpirun turns it on by itself when it places more
+# ranks than cores, but ranks started by srun only know the CPUs the node declares (8 on the test
+# Slurm, 2 real cores), and 4 ranks spinning in MPI waits on 2 cores made each step of the tiny
+# run 30x slower (200 ms instead of 6 ms, measured here).
+ENV = dict(lattice_testing.ENV, OMPI_MCA_mpi_yield_when_idle="1")
 STOPPED = 75  # lattice train's exit status after a stop with a checkpoint (launcher/preemption.h)
-
-failures = []
-
-
-def check(label, ok, detail=""):
-    print(("[ok] " if ok else "[FAIL] ") + label + ("" if ok else "\n  " + str(detail)[-4000:]))
-    sys.stdout.flush()
-    if not ok:
-        failures.append(label)
-    return ok
-
-
-def finish(name):
-    if failures:
-        print(f"{name}: FAILED:\n  " + "\n  ".join(failures))
-        return 1
-    print(f"{name}: ok")
-    return 0
 
 
 def make_data(tmp):
-    """A byte-vocabulary nanoGPT-style uint16 token file (as tests/launcher/checkpoint_test.py)."""
-    path = os.path.join(tmp, "data.bin")
-    np.random.default_rng(0).integers(0, 256, size=20000, dtype=np.uint16).tofile(path)
-    return path
+    """The tiny run's data: 20000 random byte-vocabulary tokens in tmp/data.bin."""
+    return write_random_tokens(os.path.join(tmp, "data.bin"))
 
 
 def train_sets(data, steps, metrics, extra=()):

@@ -67,9 +67,8 @@ def stopped_ok(label, out, rc, ckpt, world):
 
 
 def main():
-    if cc.shutil.which("mpirun") is None:
-        print("[skip] mpirun is not on the PATH")
-        return cc.SKIP
+    if not cc.mpirun_present():
+        return cc.finish("preemption_mpirun_test")
     with tempfile.TemporaryDirectory() as tmp:
         data = cc.make_data(tmp)
         ref_metrics = os.path.join(tmp, "ref.jsonl")

@@ -43,29 +43,15 @@ import tempfile
 
 import numpy as np
 
-LATTICE = os.environ.get("LATTICE_BIN", "build/lattice")
-SRC = os.environ.get("LATTICE_SOURCE_DIR",
-                     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-TINY = os.path.join(SRC, "configs", "tiny-gpt2.yaml")
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_btl_vader_single_copy_mechanism="none",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1")
-ENV.pop("LATTICE_FAULT_INJECT", None)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "pylib"))
+from lattice_testing import (CRASH_MARKS, ENV, EXACT, LATTICE, TINY, check, finish, mpirun_present,  # noqa: E402
+                             write_random_tokens)
+
 TOL = 1e-5  # fp32 sums in other orders (tests/parallel/engine_mpi_test.cc says why)
 STEPS = 8
 LAYOUT_222 = ["--set", "parallel.tp=2", "--set", "parallel.pp=2",
               "--set", "parallel.sequence_parallel=true", "--set", "parallel.zero1=true"]
-# The fields of a metrics row a resumed run must reproduce exactly (the rest are timings).
-EXACT = ("step", "loss", "grad_norm", "lr", "consumed_samples", "skipped")
-CRASH_MARKS = ("Sanitizer", "runtime error:", "Segmentation fault", "terminate called")
-failures = []
-
-
-def check(label, ok, detail=""):
-    print(("[ok] " if ok else "[FAIL] ") + label + ("" if ok else "\n  " + str(detail)[-3000:]))
-    if not ok:
-        failures.append(label)
-    return ok
 
 
 def run(cmd, env=None, timeout=600, preexec_fn=None):
@@ -269,12 +255,10 @@ def safetensors_parity(ckpt, exported, label):
 
 
 def main():
-    if shutil.which("mpirun") is None:
-        print("[skip] mpirun is not on the PATH")
-        return 0
+    if not mpirun_present():
+        return finish("checkpoint_test")
     with tempfile.TemporaryDirectory() as tmp:
-        rng = np.random.default_rng(0)
-        rng.integers(0, 256, size=20000, dtype=np.uint16).tofile(os.path.join(tmp, "data.bin"))
+        write_random_tokens(os.path.join(tmp, "data.bin"))
 
         # 1. Bitwise resume, twice in a row, plus the controls.
         got = bitwise_resume(tmp, "(1,1,1) sync", 1, [], [], kills=[4, 7])
@@ -475,8 +459,7 @@ def main():
                   "File too large" in r.stderr and reached and left == [] and
                   all(m not in r.stderr for m in CRASH_MARKS), r.stdout + r.stderr)
 
-    print("FAILED: " + ", ".join(failures) if failures else "all checks passed")
-    return 1 if failures else 0
+    return finish("checkpoint_test")
 
 
 if __name__ == "__main__":

@@ -11,18 +11,17 @@ import sys
 import tempfile
 import time
 
-LATTICE = os.environ.get("LATTICE_BIN", "build/lattice")
-SRC = os.environ.get("LATTICE_SOURCE_DIR", ".")
-TINY = os.path.join(SRC, "configs", "tiny-gpt2.yaml")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "pylib"))
+from lattice_testing import CRASH_MARKS, LATTICE, SRC, TINY, failures, finish  # noqa: E402
 
-failures = []
 
 
 def expect_error(label, args, fragments, code=None):
     r = subprocess.run([LATTICE] + args, capture_output=True, text=True, timeout=120)
     ok = r.returncode > 0 and (code is None or r.returncode == code)
     missing = [f for f in fragments if f not in r.stderr]
-    crashed = any(s in r.stderr for s in ("AddressSanitizer", "runtime error", "Aborted", "terminate called"))
+    crashed = any(s in r.stderr for s in CRASH_MARKS + ("Aborted",))
     status = "ok" if ok and not missing and not crashed else "FAIL"
     print(f"[{status}] {label}: exit {r.returncode}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}")
     if status != "ok":
@@ -107,11 +106,11 @@ def main():
             f.write(struct.pack("<" + "H" * 1000, *[300 + i % 5 for i in range(1000)]))
         expect_error("token id >= vocab", ["eval", "--config", TINY, "--weights", weights, "--data", big],
                      ["big.bin", "300"])
-        idx = write("mm.idx", b"MMIDIDX\x00\x00" + struct.pack("<Q", 1), "wb")
+        write("mm.idx", b"MMIDIDX\x00\x00" + struct.pack("<Q", 1), "wb")
         write("mm.bin", b"", "wb")
         expect_error("truncated .idx", ["train", "--config", TINY, "--set", f"data.train={path('mm')}"],
                      ["mm.idx"])
-        wrong = write("wrong.idx", b"NOTMAGIC\x00" + b"\x00" * 40, "wb")
+        write("wrong.idx", b"NOTMAGIC\x00" + b"\x00" * 40, "wb")
         write("wrong.bin", b"", "wb")
         expect_error("wrong magic", ["train", "--config", TINY, "--set", f"data.train={path('wrong')}"],
                      ["wrong.idx"])
@@ -222,11 +221,7 @@ def main():
                      ["--warmup=-1"])
         expect_error("unknown command", ["frobnicate"], ["frobnicate"], code=2)
 
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        return 1
-    print("all bad-input cases gave a clear error")
-    return 0
+    return finish("cli_errors_test")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@
 """
 import json
 import os
-import shutil
 import stat
 import struct
 import subprocess
@@ -29,18 +28,11 @@ import sys
 import tempfile
 import threading
 
-LATTICE = os.path.abspath(os.environ.get("LATTICE_BIN", "build/lattice"))
-SRC = os.environ.get("LATTICE_SOURCE_DIR",
-                     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-TINY = os.path.join(SRC, "configs", "tiny-gpt2.yaml")
-CRASH = ("AddressSanitizer", "runtime error", "Aborted", "terminate called", "Segmentation")
-failures = []
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "pylib"))
+from lattice_testing import CRASH_MARKS, LATTICE, TINY, check, finish  # noqa: E402
 
-
-def check(label, ok, detail=""):
-    print(("[ok] " if ok else "[FAIL] ") + label + ("" if ok else "\n  " + str(detail)))
-    if not ok:
-        failures.append(label)
+CRASH = CRASH_MARKS + ("Aborted",)
 
 
 def run(args, prefix=(), timeout=120):
@@ -232,11 +224,7 @@ def main():
         refused_before_work("tokenizer train --out = --input", r, ["--out", "--input", text])
         check("the corpus is untouched", open(text, "rb").read() == before)
 
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        return 1
-    print("every output path was checked and no user file was lost")
-    return 0
+    return finish("file_safety_test")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "oracle"))
 from adam_drift import max_drift  # noqa: E402
 
-LATTICE = os.environ.get("LATTICE_BIN", "build/lattice")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "pylib"))
+from lattice_testing import (ENV, LATTICE, TINY, check, clean, finish,  # noqa: E402
+                             mpirun_present, write_random_tokens)
+
 TOL = 1e-5  # fp32 sums in other orders (tests/parallel/engine_mpi_test.cc says why)
 # scripts/numeric-matrix.sh sets 1 and 2 threads per rank; capped, as tests/parallel/
 # mpi_harness.h does, at twice the cores per rank (the 8-rank run always uses 1).
@@ -37,27 +41,6 @@ THREADS = int(os.environ.get("LATTICE_TEST_THREADS", "1"))
 
 def threads_for(np_):
     return max(1, min(THREADS, 2 * len(os.sched_getaffinity(0)) // np_))
-SRC = os.environ.get("LATTICE_SOURCE_DIR",
-                     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-TINY = os.path.join(SRC, "configs", "tiny-gpt2.yaml")
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_btl_vader_single_copy_mechanism="none",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1")
-failures = []
-
-
-# What a sanitizer build or a crash leaves on stderr: an expected failure must be a clean one.
-CRASH_MARKS = ("Sanitizer", "runtime error:", "Segmentation fault", "terminate called")
-
-
-def clean(output):
-    return not any(m in output for m in CRASH_MARKS)
-
-
-def check(label, ok, detail=""):
-    print(("[ok] " if ok else "[FAIL] ") + label + ("" if ok else "\n  " + detail))
-    if not ok:
-        failures.append(label)
 
 
 def train(tmp, name, np_, extra):
@@ -133,12 +116,10 @@ def evaluate(tmp, weights):
 
 
 def main():
-    if shutil.which("mpirun") is None:
-        print("[skip] mpirun is not on the PATH")
-        return 0
+    if not mpirun_present():
+        return finish("parallel_train_test")
     with tempfile.TemporaryDirectory() as tmp:
-        rng = np.random.default_rng(0)
-        rng.integers(0, 256, size=20000, dtype=np.uint16).tofile(os.path.join(tmp, "data.bin"))
+        write_random_tokens(os.path.join(tmp, "data.bin"))
         ref_rows, ref_weights, _ = train(tmp, "single", 1, [])
         if not ref_rows:
             return 1
@@ -173,8 +154,7 @@ def main():
               r.returncode != 0 and "parallel.tp=3" in r.stderr and "iteration" not in r.stdout
               and clean(r.stdout + r.stderr),
               r.stdout + r.stderr)
-    print("FAILED: " + ", ".join(failures) if failures else "all checks passed")
-    return 1 if failures else 0
+    return finish("parallel_train_test")
 
 
 if __name__ == "__main__":

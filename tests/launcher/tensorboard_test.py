@@ -22,25 +22,15 @@ import tempfile
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator, event_file_loader
 
-LATTICE = os.environ.get("LATTICE_BIN", "build/lattice")
-SRC = os.environ.get("LATTICE_SOURCE_DIR",
-                     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-TINY = os.path.join(SRC, "configs", "tiny-gpt2.yaml")
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
-ENV.pop("LATTICE_FAULT_INJECT", None)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "pylib"))
+from lattice_testing import ENV, LATTICE, TINY, check, finish  # noqa: E402
+
 # TensorBoard tag -> key of the JSONL metrics row (launcher/trainer.cc writes both).
 TAGS = {"train/loss": "loss", "train/lr": "lr", "train/grad_norm": "grad_norm",
         "train/tokens_per_s": "tokens_per_s", "train/step_ms": "step_ms",
         "train/tflops": "tflops", "train/peak_rss_mib": "peak_rss_mib",
         "train/loss_scale": "loss_scale", "train/mfu": "mfu", "val/loss": "val_loss"}
-failures = []
-
-
-def check(label, ok, detail=""):
-    print(("[ok] " if ok else "[FAIL] ") + label + ("" if ok else "\n  " + str(detail)[-3000:]))
-    if not ok:
-        failures.append(label)
-    return ok
 
 
 def train(tmp, steps, extra=(), fault=None):
@@ -137,8 +127,7 @@ def main():
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
             check("... and with 2 ranks both stop with it (no rank waits)",
                   r.returncode != 0 and "train.tensorboard_dir" in r.stderr, r.stdout + r.stderr)
-    print("FAILED: " + "; ".join(failures) if failures else "all tensorboard checks passed")
-    return 1 if failures else 0
+    return finish("tensorboard_test")
 
 
 if __name__ == "__main__":
