@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -262,6 +263,8 @@ absl::StatusOr<PipelineSimulation> SimulatePipelineActions(
   std::vector<int> in_flight(pp, 0);
   PipelineSimulation result;
   result.peak_in_flight.assign(pp, 0);
+  result.action_ticks.resize(pp);
+  for (int s = 0; s < pp; ++s) result.action_ticks[s].assign(rank_actions[s].size(), -1);
 
   // What the next action of rank s waits for; empty when it can run at tick `tick`.
   auto blocker = [&](int s, int tick) -> std::string {
@@ -313,12 +316,181 @@ absl::StatusOr<PipelineSimulation> SimulatePipelineActions(
         bwd_tick[i] = tick;
         --in_flight[s];
       }
+      result.action_ticks[s][next[s]] = tick;
       ++next[s];
       --remaining;
     }
     result.total_ticks = tick + 1;
   }
   return result;
+}
+
+std::string PipeCommOpDebugString(const PipeCommOp& op) {
+  return absl::StrCat(op.send ? "send " : "recv ",
+                      op.message.kind == Kind::kForward ? "F" : "B", "(v=",
+                      op.message.from_virtual_stage, ",m=", op.message.micro_batch, ") ",
+                      op.send ? "to" : "from", " rank ", op.peer);
+}
+
+absl::StatusOr<std::vector<std::vector<PipeStep>>> BuildPipelinePrograms(
+    PipelineSchedule kind, int pp, int vpp, int micro_batches, PipeCommGrouping grouping) {
+  LATTICE_RETURN_IF_ERROR(ValidateSchedule(kind, pp, vpp, 0, micro_batches));
+  std::vector<std::vector<PipeAction>> actions(pp);
+  for (int s = 0; s < pp; ++s) {
+    LATTICE_ASSIGN_OR_RETURN(actions[s], BuildPipelineSchedule(kind, pp, vpp, s, micro_batches));
+  }
+  const int num_virtual = pp * vpp;
+  // The message an action receives before it runs and the one it sends after (none for the
+  // ends of the model and between two chunks of one rank).
+  auto input_of = [&](int s, const PipeAction& a) -> std::optional<PipeCommOp> {
+    const int v = a.chunk * pp + s;
+    if (a.kind == Kind::kForward && v > 0 && (v - 1) % pp != s) {
+      return PipeCommOp{false, (v - 1) % pp, {Kind::kForward, v - 1, a.micro_batch}};
+    }
+    if (a.kind == Kind::kBackward && v < num_virtual - 1 && (v + 1) % pp != s) {
+      return PipeCommOp{false, (v + 1) % pp, {Kind::kBackward, v + 1, a.micro_batch}};
+    }
+    return std::nullopt;
+  };
+  auto output_of = [&](int s, const PipeAction& a) -> std::optional<PipeCommOp> {
+    const int v = a.chunk * pp + s;
+    if (a.kind == Kind::kForward && v < num_virtual - 1 && (v + 1) % pp != s) {
+      return PipeCommOp{true, (v + 1) % pp, {Kind::kForward, v, a.micro_batch}};
+    }
+    if (a.kind == Kind::kBackward && v > 0 && (v - 1) % pp != s) {
+      return PipeCommOp{true, (v - 1) % pp, {Kind::kBackward, v, a.micro_batch}};
+    }
+    return std::nullopt;
+  };
+  std::vector<std::vector<PipeStep>> programs(pp);
+  if (grouping == PipeCommGrouping::kSequential) {
+    for (int s = 0; s < pp; ++s) {
+      for (const PipeAction& a : actions[s]) {
+        if (auto in = input_of(s, a)) programs[s].push_back(PipeStep{false, {}, {*in}});
+        programs[s].push_back(PipeStep{true, a, {}});
+        if (auto out = output_of(s, a)) programs[s].push_back(PipeStep{false, {}, {*out}});
+      }
+    }
+    return programs;
+  }
+  // Tick-synchronous: when each action runs without blocking sends, then one group per rank
+  // and tick boundary.
+  LATTICE_ASSIGN_OR_RETURN(PipelineSimulation sim,
+                           SimulatePipelineActions(vpp, micro_batches, actions));
+  // groups[s][t]: rank s's operations at the boundary after tick t.
+  std::vector<std::vector<std::vector<PipeCommOp>>> groups(
+      pp, std::vector<std::vector<PipeCommOp>>(sim.total_ticks));
+  for (int s = 0; s < pp; ++s) {
+    for (size_t i = 0; i < actions[s].size(); ++i) {
+      const std::optional<PipeCommOp> out = output_of(s, actions[s][i]);
+      if (!out) continue;
+      const int t = sim.action_ticks[s][i];
+      groups[s][t].push_back(*out);
+      groups[out->peer][t].push_back(PipeCommOp{false, s, out->message});
+    }
+  }
+  for (int s = 0; s < pp; ++s) {
+    size_t next = 0;
+    for (int t = 0; t < sim.total_ticks; ++t) {
+      if (next < actions[s].size() && sim.action_ticks[s][next] == t) {
+        programs[s].push_back(PipeStep{true, actions[s][next], {}});
+        ++next;
+      }
+      if (!groups[s][t].empty()) programs[s].push_back(PipeStep{false, {}, groups[s][t]});
+    }
+  }
+  return programs;
+}
+
+absl::StatusOr<PipelineSimulation> SimulatePipelinePrograms(
+    const std::vector<std::vector<PipeStep>>& programs) {
+  const int pp = static_cast<int>(programs.size());
+  if (pp < 1) return absl::InvalidArgumentError("pipeline programs: no ranks");
+  std::vector<size_t> pc(pp, 0);
+  // done[s][i]: operation i of rank s's current group has met its counterpart.
+  std::vector<std::vector<bool>> done(pp);
+  std::vector<int> in_flight(pp, 0);
+  PipelineSimulation result;
+  result.peak_in_flight.assign(pp, 0);
+  auto at_group = [&](int s) { return pc[s] < programs[s].size() && !programs[s][pc[s]].compute; };
+  auto enter = [&](int s) {
+    if (at_group(s)) done[s].assign(programs[s][pc[s]].group.size(), false);
+  };
+  for (int s = 0; s < pp; ++s) {
+    for (const PipeStep& step : programs[s]) {
+      for (const PipeCommOp& op : step.group) {
+        if (op.peer < 0 || op.peer >= pp || op.peer == s) {
+          return absl::InternalError(absl::StrCat("pipeline programs: rank ", s, " ",
+                                                  PipeCommOpDebugString(op), ": bad peer"));
+        }
+      }
+    }
+    enter(s);
+  }
+  for (int tick = 0;; ++tick) {
+    // Communication: match posted operations until nothing changes (rendezvous takes no time).
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (int s = 0; s < pp; ++s) {
+        if (!at_group(s)) continue;
+        const std::vector<PipeCommOp>& ops = programs[s][pc[s]].group;
+        for (size_t i = 0; i < ops.size(); ++i) {
+          if (done[s][i]) continue;
+          const int p = ops[i].peer;
+          if (!at_group(p)) continue;
+          const std::vector<PipeCommOp>& theirs = programs[p][pc[p]].group;
+          for (size_t j = 0; j < theirs.size(); ++j) {
+            if (!done[p][j] && theirs[j].send != ops[i].send && theirs[j].peer == s &&
+                theirs[j].message == ops[i].message) {
+              done[s][i] = done[p][j] = true;
+              changed = true;
+              break;
+            }
+          }
+        }
+      }
+      for (int s = 0; s < pp; ++s) {
+        if (at_group(s) && std::all_of(done[s].begin(), done[s].end(), [](bool b) { return b; })) {
+          ++pc[s];
+          enter(s);
+          changed = true;
+        }
+      }
+    }
+    bool finished = true, computed = false;
+    for (int s = 0; s < pp; ++s) {
+      if (pc[s] >= programs[s].size()) continue;
+      finished = false;
+      const PipeStep& step = programs[s][pc[s]];
+      if (!step.compute) continue;
+      computed = true;
+      if (step.action.kind == Kind::kForward) {
+        result.peak_in_flight[s] = std::max(result.peak_in_flight[s], ++in_flight[s]);
+      } else {
+        --in_flight[s];
+      }
+      ++pc[s];
+      enter(s);
+    }
+    if (finished) return result;
+    if (!computed) {
+      std::vector<std::string> stuck;
+      for (int s = 0; s < pp; ++s) {
+        if (!at_group(s)) continue;
+        std::vector<std::string> waiting;
+        const std::vector<PipeCommOp>& ops = programs[s][pc[s]].group;
+        for (size_t i = 0; i < ops.size() && waiting.size() < kMaxListed; ++i) {
+          if (!done[s][i]) waiting.push_back(PipeCommOpDebugString(ops[i]));
+        }
+        stuck.push_back(absl::StrCat("rank ", s, " at step #", pc[s], " waits in ",
+                                     absl::StrJoin(waiting, " + ")));
+      }
+      return absl::InternalError(absl::StrCat("pipeline programs: deadlock at tick ", tick,
+                                              " under rendezvous sends: ",
+                                              absl::StrJoin(stuck, "; ")));
+    }
+    result.total_ticks = tick + 1;
+  }
 }
 
 }  // namespace lattice

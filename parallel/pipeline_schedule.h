@@ -83,6 +83,8 @@ absl::StatusOr<std::vector<PipeAction>> BuildPipelineSchedule(PipelineSchedule k
 struct PipelineSimulation {
   std::vector<int> peak_in_flight;  // per rank, see "Activations in flight" above
   int total_ticks = 0;              // ticks until the last action finished
+  // action_ticks[s][i]: the tick in which rank s ran its action i (SimulatePipelineActions).
+  std::vector<std::vector<int>> action_ticks;
 };
 
 // Builds every rank's schedule and simulates it (SimulatePipelineActions).
@@ -96,6 +98,63 @@ absl::StatusOr<PipelineSimulation> SimulatePipeline(PipelineSchedule kind, int p
 // never comes). kInvalidArgument for bad sizes.
 absl::StatusOr<PipelineSimulation> SimulatePipelineActions(
     int vpp, int micro_batches, const std::vector<std::vector<PipeAction>>& rank_actions);
+
+// ---- Rendezvous communication: the NCCL engine's view of a schedule ------------------------
+// NCCL's point-to-point operations are rendezvous: a send completes only once the peer has
+// posted the matching receive, and a stream runs them in issue order. The MPI engine's
+// non-blocking sends (the model SimulatePipelineActions checks) hide this. An NCCL engine that
+// issued "send my output, then receive my next input" one operation at a time deadlocks in
+// 1F1B's steady phase (two neighbours both sending, neither receiving), and pairing each send
+// with the next receive (Megatron's send_forward_recv_backward) still deadlocks the interleaved
+// schedule (two neighbours in a lone send: pp=2 vpp=2 M=4, found by SimulatePipelinePrograms).
+//
+// So the NCCL engine issues its operations in tick-synchronous groups derived from the
+// non-blocking simulation: at the boundary after tick t, each rank posts one group
+// (ncclGroupStart/End, Megatron's batch_isend_irecv) with the sends of what it computed in tick
+// t and the receives of everything its peers computed in tick t for it. Every send then meets
+// its receive in the peers' group of the same boundary, so no schedule can deadlock, and the
+// steps take the ticks of the non-blocking model. A group holds up to one send and one receive
+// per direction and neighbour (four in the interleaved steady phase, as Megatron's
+// send_forward_backward_recv_forward_backward).
+//
+// A message: the output of forward (v, m), sent to virtual stage v + 1 (kind kForward), or the
+// input gradient of backward (v, m), sent to virtual stage v - 1 (kind kBackward).
+struct PipeMessage {
+  PipeAction::Kind kind;
+  int from_virtual_stage;
+  int micro_batch;
+  bool operator==(const PipeMessage&) const = default;
+};
+struct PipeCommOp {
+  bool send;  // else a receive
+  int peer;   // the other pipeline rank
+  PipeMessage message;
+  bool operator==(const PipeCommOp&) const = default;
+};
+// One step of a rank's program: a computation, or a group of operations posted together that
+// finishes when each of them has met its peer's counterpart.
+struct PipeStep {
+  bool compute = false;
+  PipeAction action{};           // when compute
+  std::vector<PipeCommOp> group;  // when not
+};
+enum class PipeCommGrouping {
+  kSequential,      // every operation alone: receive before its action, send after (blocking)
+  kTickSynchronous, // the groups above
+};
+// Every rank's program (result[s] for rank s) for the schedule: its actions in
+// BuildPipelineSchedule's order with the communication `grouping` says. Messages between two
+// chunks of one rank (pp == 1) stay local: no operation.
+absl::StatusOr<std::vector<std::vector<PipeStep>>> BuildPipelinePrograms(
+    PipelineSchedule kind, int pp, int vpp, int micro_batches, PipeCommGrouping grouping);
+// Runs the ranks' programs (programs[s] for rank s) with rendezvous semantics: in each tick
+// every rank's posted group matches what it can (instantly), then every rank at a computation
+// runs it (one tick). kInternal, naming each blocked rank's waiting operations, on a deadlock
+// (also an operation that is never matched).
+absl::StatusOr<PipelineSimulation> SimulatePipelinePrograms(
+    const std::vector<std::vector<PipeStep>>& programs);
+// "send F(v=2,m=1) to rank 3" for messages and test output.
+std::string PipeCommOpDebugString(const PipeCommOp& op);
 
 }  // namespace lattice
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -315,6 +316,122 @@ TEST(SimulatePipelineActions, CountsActivationsInFlight) {
   EXPECT_THAT(sim->peak_in_flight, ElementsAreArray({3, 1}));
   // Rank 0 forwards at ticks 0..2, rank 1 pairs follow; rank 0's last backward at tick 7.
   EXPECT_EQ(sim->total_ticks, 8);
+}
+
+// ---- Rendezvous (NCCL) programs ----
+
+std::vector<std::vector<PipeStep>> Programs(PipelineSchedule kind, int pp, int vpp, int m,
+                                            PipeCommGrouping grouping) {
+  absl::StatusOr<std::vector<std::vector<PipeStep>>> p =
+      BuildPipelinePrograms(kind, pp, vpp, m, grouping);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return p.ok() ? std::move(p).value() : std::vector<std::vector<PipeStep>>(pp);
+}
+
+// Every schedule of the sweep, as the NCCL engine issues it (tick-synchronous groups), runs to
+// the end under rendezvous semantics in the ticks and with the activation peaks of the
+// non-blocking model, and every message is sent once and received once.
+TEST(PipelinePrograms, TickSynchronousGroupsNeverDeadlockUnderRendezvous) {
+  int checked = 0;
+  for (PipelineSchedule kind : kAllSchedules) {
+    for (int pp = 1; pp <= 4; ++pp) {
+      for (int vpp = 1; vpp <= 3; ++vpp) {
+        for (int m = 1; m <= 8; ++m) {
+          if (!IsValid(kind, pp, vpp, m)) continue;
+          const std::string where = Case(kind, pp, vpp, m);
+          const auto programs = Programs(kind, pp, vpp, m, PipeCommGrouping::kTickSynchronous);
+          std::map<std::tuple<int, int, int>, int> sends, recvs;  // (kind, from v, m) -> count
+          int computes = 0;
+          for (const auto& program : programs) {
+            for (const PipeStep& step : program) {
+              computes += step.compute ? 1 : 0;
+              // One send and one receive per direction and neighbour at the most.
+              EXPECT_LE(step.group.size(), 4u) << where;
+              for (const PipeCommOp& op : step.group) {
+                auto key = std::make_tuple(static_cast<int>(op.message.kind),
+                                           op.message.from_virtual_stage, op.message.micro_batch);
+                ++(op.send ? sends : recvs)[key];
+              }
+            }
+          }
+          EXPECT_EQ(computes, 2 * m * vpp * pp) << where;
+          EXPECT_EQ(sends, recvs) << where;
+          for (const auto& [key, n] : sends) EXPECT_EQ(n, 1) << where;
+          // Messages cross ranks except between chunks of one rank (pp = 1).
+          const int crossing = pp == 1 ? 0 : 2 * m * (vpp * pp - 1);
+          EXPECT_EQ(static_cast<int>(sends.size()), crossing) << where;
+          absl::StatusOr<PipelineSimulation> sim = SimulatePipelinePrograms(programs);
+          ASSERT_TRUE(sim.ok()) << where << ": " << sim.status();
+          absl::StatusOr<PipelineSimulation> free_sends = SimulatePipeline(kind, pp, vpp, m);
+          ASSERT_TRUE(free_sends.ok()) << where;
+          EXPECT_EQ(sim->peak_in_flight, free_sends->peak_in_flight) << where;
+          // Rendezvous can only add waiting; these groups add none: the ticks of free sends.
+          EXPECT_EQ(sim->total_ticks, free_sends->total_ticks) << where;
+          ++checked;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(checked, 32 + 32 + 2 * (8 + 4 + 2 + 2));
+}
+
+// The reason for the grouping: issued one operation at a time, 1F1B's steady phase deadlocks
+// (stage 0 sends its next forward while stage 1 sends its backward, both waiting for a receive),
+// and the error names both ranks and what they wait in. GPipe, whose phases do not mix, runs.
+TEST(PipelinePrograms, SequentialOperationsDeadlockInOneFOneB) {
+  absl::StatusOr<PipelineSimulation> sim = SimulatePipelinePrograms(
+      Programs(PipelineSchedule::kOneFOneB, 2, 1, 2, PipeCommGrouping::kSequential));
+  ASSERT_FALSE(sim.ok());
+  EXPECT_EQ(sim.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(sim.status().message(), HasSubstr("deadlock"));
+  EXPECT_THAT(sim.status().message(), HasSubstr("rank 0 at step"));
+  EXPECT_THAT(sim.status().message(), HasSubstr("send F(v=0,m=1) to rank 1"));
+  EXPECT_THAT(sim.status().message(), HasSubstr("rank 1 at step"));
+  EXPECT_THAT(sim.status().message(), HasSubstr("send B(v=1,m=0) to rank 0"));
+  for (int pp = 2; pp <= 4; ++pp) {
+    for (int m = pp; m <= 8; ++m) {
+      EXPECT_FALSE(SimulatePipelinePrograms(Programs(PipelineSchedule::kOneFOneB, pp, 1, m,
+                                                     PipeCommGrouping::kSequential))
+                       .ok())
+          << "1f1b pp=" << pp << " M=" << m;
+      EXPECT_TRUE(SimulatePipelinePrograms(
+                      Programs(PipelineSchedule::kGpipe, pp, 1, m, PipeCommGrouping::kSequential))
+                      .ok())
+          << "gpipe pp=" << pp << " M=" << m;
+    }
+  }
+}
+
+// Hand-written: 1F1B with pp = 2, M = 2 on stage 0. Ticks (free sends): stage 0 runs F0 F1 at
+// 0, 1; stage 1 runs F0 B0 at 1, 2 and F1 B1 at 3, 4; stage 0 runs B0 at 3 and B1 at 5.
+TEST(PipelinePrograms, OneFOneBStageZeroHandWritten) {
+  const auto programs = Programs(PipelineSchedule::kOneFOneB, 2, 1, 2,
+                                 PipeCommGrouping::kTickSynchronous);
+  std::vector<std::string> got;
+  for (const PipeStep& step : programs[0]) {
+    if (step.compute) {
+      got.push_back(PipeActionDebugString(step.action));
+    } else {
+      std::vector<std::string> ops;
+      for (const PipeCommOp& op : step.group) ops.push_back(PipeCommOpDebugString(op));
+      got.push_back("{" + absl::StrJoin(ops, " + ") + "}");
+    }
+  }
+  EXPECT_THAT(got, ElementsAreArray(std::vector<std::string>{
+                       "F(m=0,c=0)", "{send F(v=0,m=0) to rank 1}", "F(m=1,c=0)",
+                       "{send F(v=0,m=1) to rank 1}", "{recv B(v=1,m=0) from rank 1}",
+                       "B(m=0,c=0)", "{recv B(v=1,m=1) from rank 1}", "B(m=1,c=0)"}));
+}
+
+// A program whose receive is never sent is reported as a deadlock naming the operation.
+TEST(PipelinePrograms, UnmatchedReceiveIsADeadlock) {
+  std::vector<std::vector<PipeStep>> programs(2);
+  programs[0].push_back(PipeStep{false, {}, {PipeCommOp{false, 1, {Kind::kForward, 1, 0}}}});
+  absl::StatusOr<PipelineSimulation> sim = SimulatePipelinePrograms(programs);
+  ASSERT_FALSE(sim.ok());
+  EXPECT_THAT(sim.status().message(), HasSubstr("rank 0 at step #0 waits in recv F(v=1,m=0) from rank 1"));
+  programs[0][0].group[0].peer = 0;
+  EXPECT_THAT(SimulatePipelinePrograms(programs).status().message(), HasSubstr("bad peer"));
 }
 
 }  // namespace
