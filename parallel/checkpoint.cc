@@ -438,16 +438,7 @@ CheckpointLayout LayoutOf(const Config& cfg) {
 }
 
 CheckpointContents ContentsOf(const CheckpointIndex& index) {
-  CheckpointContents c;
-  c.iteration = index.iteration;
-  c.optimizer_step = index.optimizer_step;
-  c.skipped_iterations = index.skipped_iterations;
-  c.nan_iterations = index.nan_iterations;
-  c.seed = index.seed;
-  c.data_state = index.data_state;
-  c.config_yaml = index.config_yaml;
-  c.layout = index.layout;
-  return c;
+  return static_cast<const CheckpointContents&>(index);
 }
 
 // ---- Saving --------------------------------------------------------------------------------
@@ -500,14 +491,7 @@ absl::StatusOr<CheckpointIndex> AssembleIndex(const CheckpointContents& c,
                                               const std::vector<std::pair<std::string, Shape>>&
                                                   shapes) {
   CheckpointIndex idx;
-  idx.iteration = c.iteration;
-  idx.optimizer_step = c.optimizer_step;
-  idx.skipped_iterations = c.skipped_iterations;
-  idx.nan_iterations = c.nan_iterations;
-  idx.seed = c.seed;
-  idx.config_yaml = c.config_yaml;
-  idx.data_state = c.data_state;
-  idx.layout = c.layout;
+  static_cast<CheckpointContents&>(idx) = c;
   for (const auto& [key, shape] : shapes) idx.tensors[key].shape = shape;
   for (size_t r = 0; r < descriptions.size(); ++r) {
     // Written by this program a moment ago; parsed with the same bounds as anything else.

@@ -117,17 +117,8 @@ class TrainStateRegistry {
   int64_t state_numel_ = 0;
 };
 
-// Counters and what else a checkpoint carries beside the tensors.
-struct CheckpointContents {
-  int64_t iteration = 0;
-  int64_t optimizer_step = 0;
-  int64_t skipped_iterations = 0;
-  int64_t nan_iterations = 0;
-  uint64_t seed = 0;
-  std::string data_state;   // DataLoaderState::ToJson(), or "" (no data loader)
-  std::string config_yaml;  // Config::ToYaml()
-  CheckpointLayout layout;
-};
+// CheckpointContents (the counters and what else a checkpoint carries beside the tensors) is
+// runtime/io/checkpoint_format.h's; the index extends it.
 // The layout of `cfg` (after ValidateLayout) as the index records it.
 CheckpointLayout LayoutOf(const Config& cfg);
 

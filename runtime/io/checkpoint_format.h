@@ -95,17 +95,21 @@ struct CheckpointLayout {
   std::string ToString() const;
 };
 
-// index.json.
-struct CheckpointIndex {
-  int format_version = kCheckpointFormatVersion;
+// The training state besides the tensors: what a save records and a resume restores.
+struct CheckpointContents {
   int64_t iteration = 0;       // iterations taken (the learning-rate schedule's counter)
   int64_t optimizer_step = 0;  // AdamW updates applied (bias correction)
   int64_t skipped_iterations = 0;  // iterations without an update (non-finite loss or norm)
   int64_t nan_iterations = 0;      // of those, with a NaN/Inf loss or norm (all of them in fp32)
   uint64_t seed = 0;           // train.seed
-  std::string config_yaml;     // the run's whole config (runtime/config.h ToYaml)
   std::string data_state;      // DataLoaderState JSON (runtime/data/dataset.h); "" = none
+  std::string config_yaml;     // the run's whole config (runtime/config.h ToYaml)
   CheckpointLayout layout;
+};
+
+// index.json: the contents, the shard files and every tensor's boxes.
+struct CheckpointIndex : CheckpointContents {
+  int format_version = kCheckpointFormatVersion;
   std::vector<CheckpointFile> files;
   std::map<std::string, CheckpointTensor> tensors;  // by key
 
