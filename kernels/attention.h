@@ -2,6 +2,8 @@
 #define LATTICE_KERNELS_ATTENTION_H_
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace lattice::kernels::cpu {
 
@@ -23,6 +25,24 @@ void AttentionBackward(float* dqkv, const float* dout, const float* qkv, const f
 void AttentionBackwardTo(float* dqkv, const float* dout, const float* qkv, const float* out,
                          const float* lse, int64_t b, int64_t t, int64_t h, int64_t kvh,
                          int64_t d);
+
+// Document-masked attention (packed fine-tuning rows, runtime/data/sft.h). doc_starts (B, T):
+// for token t of a row, the position where its example starts; each example is a contiguous
+// run (doc_starts[t] == t starts one, doc_starts[t] == doc_starts[t-1] continues it; checked).
+// Query t sees keys doc_starts[t] <= j <= t only. Each example is computed by the causal
+// kernels above as a sequence of its own length (keys of other examples are never touched), so
+// an example packed into a row gives what it gives alone in a padded row, up to the rounding of
+// the register tiling (rows are grouped from the example's start, and a padded row groups its
+// last rows differently: FMA-contracted tiles of other heights). lse (B, H, T).
+void AttentionForwardDocs(float* out, float* lse, const float* qkv, const int32_t* doc_starts,
+                          int64_t b, int64_t t, int64_t h, int64_t kvh, int64_t d);
+// dqkv = the gradient (written over every element, as AttentionBackwardTo).
+void AttentionBackwardDocsTo(float* dqkv, const float* dout, const float* qkv, const float* out,
+                             const float* lse, const int32_t* doc_starts, int64_t b, int64_t t,
+                             int64_t h, int64_t kvh, int64_t d);
+// The examples of one row: [begin, end) runs in order. LATTICE_CHECK that doc_starts (t) is a
+// valid segmentation of the row (as described above).
+std::vector<std::pair<int64_t, int64_t>> DocumentRuns(const int32_t* doc_starts, int64_t t);
 
 // One decoding step against a KV cache (generation). q (H*D) is the new token's query;
 // k_cache, v_cache (T_ctx, KVH, D) hold positions [0, len) including the new token.

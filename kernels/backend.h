@@ -19,10 +19,18 @@
 #include <vector>
 
 #include "kernels/adamw.h"
+#include "kernels/classifier.h"
 #include "runtime/dtype.h"
 #include "runtime/tensor.h"
 
 namespace lattice::kernels {
+
+// The fused classifier's arguments and tensor-parallel callback (kernels/classifier.h), as the
+// seam's ClassifierForwardBackward / ClassifierForward take them.
+using ClassifierArgs = cpu::ClassifierArgs;
+using ClassifierAllReduce = cpu::ClassifierAllReduce;
+using ClassifierReduceOp = cpu::ReduceOp;
+using cpu::ClassifierScratchFloats;
 
 // A writable range of device memory: `numel` elements of `dtype` from `data`.
 struct TensorView {
@@ -259,6 +267,30 @@ class Backend {
   // fixed summation order, no races).
   virtual void PositionEmbeddingBackward(TensorView dwpe, ConstView dx, int64_t rows, int64_t c,
                                          int64_t first_row, int64_t t) = 0;
+  // Document masking for packed fine-tuning rows (runtime/data/sft.h, attention.h): doc_starts
+  // (B, T) i32 holds where each token's example starts in its row; attention keeps to the
+  // example and positions restart at 0 (position = t - doc_starts[t]). Each example computes
+  // what it computes alone (to rounding). A backend that implements these answers true; the trainer refuses
+  // data.pack on one that does not (the defaults fail a CHECK).
+  virtual bool SupportsDocumentMasking() const { return false; }
+  virtual void AttentionForwardDocs(TensorView out, TensorView lse, ConstView qkv,
+                                    ConstView doc_starts, int64_t b, int64_t t, int64_t h,
+                                    int64_t kvh, int64_t d);
+  virtual void AttentionBackwardDocsTo(TensorView dqkv, ConstView dout, ConstView qkv,
+                                       ConstView out, ConstView lse, ConstView doc_starts,
+                                       int64_t b, int64_t t, int64_t h, int64_t kvh, int64_t d);
+  virtual void RopeForwardDocs(TensorView x, ConstView doc_starts, int64_t b, int64_t t,
+                               int64_t heads, int64_t d, int64_t row_stride, float theta);
+  virtual void RopeBackwardDocs(TensorView dx, ConstView doc_starts, int64_t b, int64_t t,
+                                int64_t heads, int64_t d, int64_t row_stride, float theta);
+  // As PositionEmbeddingForward/Backward (rows first_row.. of the b*t token rows), at position
+  // r % t - doc_starts[r] of token row r.
+  virtual void PositionEmbeddingForwardDocs(TensorView x, ConstView wpe, ConstView doc_starts,
+                                            int64_t rows, int64_t c, int64_t first_row,
+                                            int64_t t);
+  virtual void PositionEmbeddingBackwardDocs(TensorView dwpe, ConstView dx, ConstView doc_starts,
+                                             int64_t rows, int64_t c, int64_t first_row,
+                                             int64_t t);
   // cross_entropy.h (the counts of counted rows are the caller's: it has the targets on the
   // host; a device op returns nothing to the host)
   virtual void CrossEntropyForward(TensorView losses, ConstView logits, ConstView targets,
@@ -284,6 +316,25 @@ class Backend {
                                          ConstView loss_mask, ConstView row_max,
                                          ConstView sum_exp, float dloss, int64_t n, int64_t cols,
                                          int64_t col_begin, int64_t v) = 0;
+  // classifier.h: the lm head fused with cross-entropy, args.chunk_tokens rows at a time, so
+  // the (n, rows) logits are never whole. hidden (n, c), weight (rows, c), targets (n) i32,
+  // loss_mask (n) or absent; dhidden (n, c) WRITTEN (this rank's partial sum with `reduce`),
+  // dweight (rows, c) ACCUMULATES; scratch: cpu::ClassifierScratchFloats floats. s[slot] += the
+  // loss sum. `reduce` (null without tensor parallelism) all-reduces device floats in place
+  // over the tensor-parallel group. The default composes this backend's own matmul and
+  // cross-entropy ops per chunk (any device); CpuBackend runs kernels::cpu's fused classifier.
+  virtual void ClassifierForwardBackward(TensorView dhidden, TensorView dweight,
+                                         TensorView scratch, ConstView hidden, ConstView weight,
+                                         ConstView targets, ConstView loss_mask,
+                                         const cpu::ClassifierArgs& args,
+                                         const cpu::ClassifierAllReduce& reduce,
+                                         DeviceScalars& s, int slot);
+  // The loss alone (evaluation): s[slot] += the loss sum; args.dloss is not used.
+  virtual void ClassifierForward(TensorView scratch, ConstView hidden, ConstView weight,
+                                 ConstView targets, ConstView loss_mask,
+                                 const cpu::ClassifierArgs& args,
+                                 const cpu::ClassifierAllReduce& reduce, DeviceScalars& s,
+                                 int slot);
   virtual void EmbeddingShardForward(TensorView out, ConstView tokens, ConstView wte_rows,
                                      int64_t row_begin, int64_t rows, int64_t n, int64_t c) = 0;
   virtual void EmbeddingShardBackward(TensorView dwte_rows, ConstView dout, ConstView tokens,

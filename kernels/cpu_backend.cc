@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
+#include "kernels/backend_checks.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/gelu.h"
@@ -27,32 +28,6 @@
 namespace lattice::kernels {
 
 namespace {
-
-[[noreturn]] void BadView(const char* op, const char* arg, const void* data, DType got_dtype,
-                          int64_t got_numel, DType dtype, int64_t numel) {
-  ::lattice::internal::CheckFailed(
-      __FILE__, __LINE__, "view holds the op's argument",
-      absl::StrCat("backend op ", op, ": argument ", arg,
-                   data == nullptr ? " is absent" : "", " (", DTypeName(got_dtype), ", ",
-                   got_numel, " elements) must be ", DTypeName(dtype), " with at least ", numel,
-                   " elements"));
-}
-
-// A required argument: present, of the dtype the CPU kernels compute in, and holding at least
-// the elements the op touches. (Inline so that the steady-state check is three compares.)
-template <typename V>
-inline void Need(const V& v, int64_t numel, const char* op, const char* arg,
-                 DType dtype = DType::kF32) {
-  if ((v.data == nullptr && numel > 0) || v.dtype != dtype || v.numel < numel) {
-    BadView(op, arg, v.data, v.dtype, v.numel, dtype, numel);
-  }
-}
-// An optional argument: absent, or as Need.
-template <typename V>
-inline void Opt(const V& v, int64_t numel, const char* op, const char* arg,
-                DType dtype = DType::kF32) {
-  if (v.data != nullptr) Need(v, numel, op, arg, dtype);
-}
 
 inline const float* CF(const ConstView& v) { return v.f32(); }
 inline const int32_t* CI(const ConstView& v) { return v.i32(); }
@@ -462,6 +437,85 @@ void CpuBackend::PositionEmbeddingBackward(TensorView dwpe, ConstView dx, int64_
   }
 }
 
+// ---- Document masking (packed examples) -------------------------------------------------
+
+void CpuBackend::AttentionForwardDocs(TensorView out, TensorView lse, ConstView qkv,
+                                      ConstView doc_starts, int64_t b, int64_t t, int64_t h,
+                                      int64_t kvh, int64_t d) {
+  CheckAttention("attention.fwd", qkv, out, lse, b, t, h, kvh, d);
+  Need(doc_starts, b * t, "attention.fwd", "doc_starts", DType::kI32);
+  cpu::AttentionForwardDocs(out.f32(), lse.f32(), CF(qkv), CI(doc_starts), b, t, h, kvh, d);
+}
+
+void CpuBackend::AttentionBackwardDocsTo(TensorView dqkv, ConstView dout, ConstView qkv,
+                                         ConstView out, ConstView lse, ConstView doc_starts,
+                                         int64_t b, int64_t t, int64_t h, int64_t kvh,
+                                         int64_t d) {
+  CheckAttention("attention.bwd", qkv, out, lse, b, t, h, kvh, d);
+  Need(dqkv, b * t * (h + 2 * kvh) * d, "attention.bwd", "dqkv");
+  Need(dout, b * t * h * d, "attention.bwd", "dout");
+  Need(doc_starts, b * t, "attention.bwd", "doc_starts", DType::kI32);
+  cpu::AttentionBackwardDocsTo(dqkv.f32(), CF(dout), CF(qkv), CF(out), CF(lse), CI(doc_starts),
+                               b, t, h, kvh, d);
+}
+
+void CpuBackend::RopeForwardDocs(TensorView x, ConstView doc_starts, int64_t b, int64_t t,
+                                 int64_t heads, int64_t d, int64_t row_stride, float theta) {
+  Need(x, RopeExtent(b, t, heads, d, row_stride), "rope.fwd", "x");
+  Need(doc_starts, b * t, "rope.fwd", "doc_starts", DType::kI32);
+  cpu::RopeForwardDocs(x.f32(), CI(doc_starts), b, t, heads, d, row_stride, theta);
+}
+
+void CpuBackend::RopeBackwardDocs(TensorView dx, ConstView doc_starts, int64_t b, int64_t t,
+                                  int64_t heads, int64_t d, int64_t row_stride, float theta) {
+  Need(dx, RopeExtent(b, t, heads, d, row_stride), "rope.bwd", "dx");
+  Need(doc_starts, b * t, "rope.bwd", "doc_starts", DType::kI32);
+  cpu::RopeBackwardDocs(dx.f32(), CI(doc_starts), b, t, heads, d, row_stride, theta);
+}
+
+namespace {
+// Position of token row r (of b*t) under doc_starts, checked to lie inside the row.
+inline int64_t DocPosition(const int32_t* doc_starts, int64_t r, int64_t t) {
+  const int64_t pos = r % t - doc_starts[r];
+  LATTICE_CHECK_MSG(pos >= 0 && pos < t, "doc_starts[r] must lie in [0, r % t]");
+  return pos;
+}
+}  // namespace
+
+void CpuBackend::PositionEmbeddingForwardDocs(TensorView x, ConstView wpe, ConstView doc_starts,
+                                              int64_t rows, int64_t c, int64_t first_row,
+                                              int64_t t) {
+  Need(x, rows * c, "position_embedding.fwd", "x");
+  Need(wpe, t * c, "position_embedding.fwd", "wpe");
+  Need(doc_starts, first_row + rows, "position_embedding.fwd", "doc_starts", DType::kI32);
+  profiler::Scope scope("position_embedding.fwd", profiler::Category::kElementwise);
+  float* p = x.f32();
+  const float* w = wpe.f32();
+  const int32_t* ds = CI(doc_starts);
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* e = w + DocPosition(ds, first_row + i, t) * c;
+    for (int64_t j = 0; j < c; ++j) p[i * c + j] += e[j];
+  }
+}
+
+void CpuBackend::PositionEmbeddingBackwardDocs(TensorView dwpe, ConstView dx,
+                                               ConstView doc_starts, int64_t rows, int64_t c,
+                                               int64_t first_row, int64_t t) {
+  Need(dwpe, t * c, "position_embedding.bwd", "dwpe");
+  Need(dx, rows * c, "position_embedding.bwd", "dx");
+  Need(doc_starts, first_row + rows, "position_embedding.bwd", "doc_starts", DType::kI32);
+  profiler::Scope scope("position_embedding.bwd", profiler::Category::kElementwise);
+  float* p = dwpe.f32();
+  const float* g = dx.f32();
+  const int32_t* ds = CI(doc_starts);
+  // Serial over rows: positions repeat within and across rows (a fixed order, no races).
+  for (int64_t i = 0; i < rows; ++i) {
+    float* e = p + DocPosition(ds, first_row + i, t) * c;
+    for (int64_t j = 0; j < c; ++j) e[j] += g[i * c + j];
+  }
+}
+
 void CpuBackend::CrossEntropyForward(TensorView losses, ConstView logits, ConstView targets,
                                      ConstView loss_mask, int64_t n, int64_t v, int64_t vp) {
   Need(losses, n, "cross_entropy.fwd", "losses");
@@ -547,6 +601,45 @@ void CpuBackend::CrossEntropyShardBackward(TensorView dlogits, ConstView logits,
   Need(sum_exp, n, "cross_entropy_shard.bwd", "sum_exp");
   cpu::CrossEntropyShardBackward(dlogits.f32(), CF(logits), CI(targets), CF(loss_mask),
                                  CF(row_max), CF(sum_exp), dloss, n, cols, col_begin, v);
+}
+
+void CpuBackend::ClassifierForwardBackward(TensorView dhidden, TensorView dweight,
+                                           TensorView scratch, ConstView hidden,
+                                           ConstView weight, ConstView targets,
+                                           ConstView loss_mask, const cpu::ClassifierArgs& args,
+                                           const cpu::ClassifierAllReduce& reduce,
+                                           DeviceScalars& s, int slot) {
+  LATTICE_CHECK(slot >= 0 && slot < s.size());
+  Need(dhidden, args.n * args.c, "classifier", "dhidden");
+  Opt(dweight, args.rows * args.c, "classifier", "dweight");
+  Need(scratch, cpu::ClassifierScratchFloats(args.chunk_tokens, args.rows), "classifier",
+       "scratch");
+  Need(hidden, args.n * args.c, "classifier", "hidden");
+  Need(weight, args.rows * args.c, "classifier", "weight");
+  Need(targets, args.n, "classifier", "targets", DType::kI32);
+  Opt(loss_mask, args.n, "classifier", "loss_mask");
+  const cpu::ClassifierLoss loss = cpu::ClassifierForwardBackward(
+      dhidden.f32(), dweight.f32(), scratch.f32(), CF(hidden), CF(weight), CI(targets),
+      CF(loss_mask), args, reduce);
+  s.data()[slot] += loss.loss_sum;
+}
+
+void CpuBackend::ClassifierForward(TensorView scratch, ConstView hidden, ConstView weight,
+                                   ConstView targets, ConstView loss_mask,
+                                   const cpu::ClassifierArgs& args,
+                                   const cpu::ClassifierAllReduce& reduce, DeviceScalars& s,
+                                   int slot) {
+  LATTICE_CHECK(slot >= 0 && slot < s.size());
+  Need(scratch, cpu::ClassifierScratchFloats(args.chunk_tokens, args.rows), "classifier",
+       "scratch");
+  Need(hidden, args.n * args.c, "classifier", "hidden");
+  Need(weight, args.rows * args.c, "classifier", "weight");
+  Need(targets, args.n, "classifier", "targets", DType::kI32);
+  Opt(loss_mask, args.n, "classifier", "loss_mask");
+  const cpu::ClassifierLoss loss = cpu::ClassifierForward(scratch.f32(), CF(hidden), CF(weight),
+                                                          CI(targets), CF(loss_mask), args,
+                                                          reduce);
+  s.data()[slot] += loss.loss_sum;
 }
 
 void CpuBackend::EmbeddingShardForward(TensorView out, ConstView tokens, ConstView wte_rows,

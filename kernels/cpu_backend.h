@@ -94,6 +94,22 @@ class CpuBackend final : public Backend {
                                 int64_t first_row, int64_t t, int64_t pos0) override;
   void PositionEmbeddingBackward(TensorView dwpe, ConstView dx, int64_t rows, int64_t c,
                                  int64_t first_row, int64_t t) override;
+  bool SupportsDocumentMasking() const override { return true; }
+  void AttentionForwardDocs(TensorView out, TensorView lse, ConstView qkv, ConstView doc_starts,
+                            int64_t b, int64_t t, int64_t h, int64_t kvh, int64_t d) override;
+  void AttentionBackwardDocsTo(TensorView dqkv, ConstView dout, ConstView qkv, ConstView out,
+                               ConstView lse, ConstView doc_starts, int64_t b, int64_t t,
+                               int64_t h, int64_t kvh, int64_t d) override;
+  void RopeForwardDocs(TensorView x, ConstView doc_starts, int64_t b, int64_t t, int64_t heads,
+                       int64_t d, int64_t row_stride, float theta) override;
+  void RopeBackwardDocs(TensorView dx, ConstView doc_starts, int64_t b, int64_t t, int64_t heads,
+                        int64_t d, int64_t row_stride, float theta) override;
+  void PositionEmbeddingForwardDocs(TensorView x, ConstView wpe, ConstView doc_starts,
+                                    int64_t rows, int64_t c, int64_t first_row,
+                                    int64_t t) override;
+  void PositionEmbeddingBackwardDocs(TensorView dwpe, ConstView dx, ConstView doc_starts,
+                                     int64_t rows, int64_t c, int64_t first_row,
+                                     int64_t t) override;
   void CrossEntropyForward(TensorView losses, ConstView logits, ConstView targets,
                            ConstView loss_mask, int64_t n, int64_t v, int64_t vp) override;
   void CrossEntropyBackward(TensorView dlogits, ConstView logits, ConstView targets,
@@ -115,6 +131,15 @@ class CpuBackend final : public Backend {
                                  ConstView loss_mask, ConstView row_max, ConstView sum_exp,
                                  float dloss, int64_t n, int64_t cols, int64_t col_begin,
                                  int64_t v) override;
+  void ClassifierForwardBackward(TensorView dhidden, TensorView dweight, TensorView scratch,
+                                 ConstView hidden, ConstView weight, ConstView targets,
+                                 ConstView loss_mask, const cpu::ClassifierArgs& args,
+                                 const cpu::ClassifierAllReduce& reduce, DeviceScalars& s,
+                                 int slot) override;
+  void ClassifierForward(TensorView scratch, ConstView hidden, ConstView weight,
+                         ConstView targets, ConstView loss_mask, const cpu::ClassifierArgs& args,
+                         const cpu::ClassifierAllReduce& reduce, DeviceScalars& s,
+                         int slot) override;
   void EmbeddingShardForward(TensorView out, ConstView tokens, ConstView wte_rows,
                              int64_t row_begin, int64_t rows, int64_t n, int64_t c) override;
   void EmbeddingShardBackward(TensorView dwte_rows, ConstView dout, ConstView tokens,

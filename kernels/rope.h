@@ -17,6 +17,12 @@ void RopeForward(float* x, int64_t b, int64_t t, int64_t heads, int64_t d, int64
 // The backward of a rotation is the inverse rotation, also in place on the gradient.
 void RopeBackward(float* dx, int64_t b, int64_t t, int64_t heads, int64_t d, int64_t row_stride,
                   int64_t pos_offset, float theta);
+// The same with the position of token (b, t) = t - doc_starts[b*T + t] (packed examples: each
+// restarts at 0, runtime/data/sft.h); doc_starts (B, T) with 0 <= doc_starts[t] <= t.
+void RopeForwardDocs(float* x, const int32_t* doc_starts, int64_t b, int64_t t, int64_t heads,
+                     int64_t d, int64_t row_stride, float theta);
+void RopeBackwardDocs(float* dx, const int32_t* doc_starts, int64_t b, int64_t t, int64_t heads,
+                      int64_t d, int64_t row_stride, float theta);
 
 }  // namespace lattice::kernels::cpu
 

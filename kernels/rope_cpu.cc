@@ -59,9 +59,10 @@ const RopeTable& TableFor(int64_t d, float theta, int64_t positions) {
   return table;
 }
 
-// Rotates every head of every token by +angle (sign = 1) or -angle (sign = -1).
+// Rotates every head of every token by +angle (sign = 1) or -angle (sign = -1). Token (b, t)
+// is at position pos_offset + t, or with doc_starts at t - doc_starts[b*T + t].
 void Rotate(float* x, int64_t b, int64_t t, int64_t heads, int64_t d, int64_t row_stride,
-            int64_t pos_offset, float theta, float sign) {
+            int64_t pos_offset, const int32_t* doc_starts, float theta, float sign) {
   LATTICE_CHECK_MSG(d % 2 == 0, "RoPE head size must be even");
   LATTICE_CHECK(pos_offset >= 0);
   if (b <= 0 || t <= 0 || heads <= 0 || d <= 0) return;
@@ -73,8 +74,9 @@ void Rotate(float* x, int64_t b, int64_t t, int64_t heads, int64_t d, int64_t ro
   for (int64_t bi = 0; bi < b; ++bi) {
     for (int64_t ti = 0; ti < t; ++ti) {
       float* row = x + (bi * t + ti) * row_stride;
-      const float* c = cos_table + (pos_offset + ti) * half;
-      const float* s = sin_table + (pos_offset + ti) * half;
+      const int64_t pos = doc_starts != nullptr ? ti - doc_starts[bi * t + ti] : pos_offset + ti;
+      const float* c = cos_table + pos * half;
+      const float* s = sin_table + pos * half;
       for (int64_t hi = 0; hi < heads; ++hi) {
         float* x1 = row + hi * d;
         float* x2 = x1 + half;
@@ -92,19 +94,41 @@ void Rotate(float* x, int64_t b, int64_t t, int64_t heads, int64_t d, int64_t ro
   }
 }
 
+// Positions t - doc_starts[t] must lie in [0, t) of the row (the table covers t positions).
+void CheckDocStarts(const int32_t* doc_starts, int64_t b, int64_t t) {
+  for (int64_t i = 0; i < b * t; ++i) {
+    LATTICE_CHECK_MSG(doc_starts[i] >= 0 && doc_starts[i] <= i % t,
+                      "doc_starts[t] must lie in [0, t]");
+  }
+}
+
 }  // namespace
 
 void RopeForward(float* x, int64_t b, int64_t t, int64_t heads, int64_t d, int64_t row_stride,
                  int64_t pos_offset, float theta) {
   profiler::Scope scope("rope.fwd", profiler::Category::kElementwise);
-  Rotate(x, b, t, heads, d, row_stride, pos_offset, theta, 1.0f);
+  Rotate(x, b, t, heads, d, row_stride, pos_offset, nullptr, theta, 1.0f);
 }
 
 // The rotation matrix R is orthogonal, so dx = R^T dy = R(-angle) dy.
 void RopeBackward(float* dx, int64_t b, int64_t t, int64_t heads, int64_t d, int64_t row_stride,
                   int64_t pos_offset, float theta) {
   profiler::Scope scope("rope.bwd", profiler::Category::kElementwise);
-  Rotate(dx, b, t, heads, d, row_stride, pos_offset, theta, -1.0f);
+  Rotate(dx, b, t, heads, d, row_stride, pos_offset, nullptr, theta, -1.0f);
+}
+
+void RopeForwardDocs(float* x, const int32_t* doc_starts, int64_t b, int64_t t, int64_t heads,
+                     int64_t d, int64_t row_stride, float theta) {
+  profiler::Scope scope("rope.fwd", profiler::Category::kElementwise);
+  CheckDocStarts(doc_starts, b, t);
+  Rotate(x, b, t, heads, d, row_stride, 0, doc_starts, theta, 1.0f);
+}
+
+void RopeBackwardDocs(float* dx, const int32_t* doc_starts, int64_t b, int64_t t, int64_t heads,
+                      int64_t d, int64_t row_stride, float theta) {
+  profiler::Scope scope("rope.bwd", profiler::Category::kElementwise);
+  CheckDocStarts(doc_starts, b, t);
+  Rotate(dx, b, t, heads, d, row_stride, 0, doc_starts, theta, -1.0f);
 }
 
 }  // namespace lattice::kernels::cpu

@@ -48,7 +48,8 @@ nlohmann::ordered_json ToJson(const PlanEntry& e) {
   j["memory_bytes"] = {{"total", m.total()},       {"params", m.params},
                        {"grads", m.grads},         {"optimizer", m.optimizer},
                        {"activations", m.activations}, {"classifier", m.classifier},
-                       {"reserved", m.reserved},   {"stage", m.stage},
+                       {"reserved", m.reserved},   {"comm_buffers", m.comm_buffers},
+                       {"stage", m.stage},
                        {"in_flight", m.in_flight}};
   j["fits"] = e.fits;
   j["time_s"] = {{"step", t.step()},       {"compute", t.compute}, {"bubble", t.bubble},
@@ -160,8 +161,10 @@ absl::Status RunPlanCommand(const CommandArgs& args) {
               model_path.c_str(), static_cast<long long>(req.gpus), cluster.device.c_str(),
               cluster.name.c_str(), static_cast<long long>(global_batch),
               static_cast<long long>(cfg.model.seq_len), plans.size());
-  std::printf("MFU: model FLOPs 6*N_matmul + 6*L*C*T per token over %.1f TFLOP/s dense bf16\n\n",
-              cluster.peak_flops / 1e12);
+  std::printf("MFU: model FLOPs 6*N_matmul + 6*L*C*T per token over %.4g TFLOP/s %s\n\n",
+              cluster.peak_flops / 1e12,
+              cluster.backend == "cpu" ? "(the calibration's fp32 sgemm 1024^3 per rank)"
+                                       : "dense bf16");
   std::printf("%4s %-78s %4s %8s %9s %8s %7s %6s %6s %6s %6s\n", "rank", "layout", "fits",
               "mem GiB", "step s", "tok/s/GPU", "MFU %", "bub %", "tp %", "dp %", "pp %");
   const size_t n = top > 0 ? std::min<size_t>(plans.size(), static_cast<size_t>(top)) : plans.size();

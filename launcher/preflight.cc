@@ -78,6 +78,7 @@ absl::Status CheckTrainOutputs(const Config& cfg) {
   }
   std::vector<NamedPath> inputs;
   if (!t.overwrite_init_weights) inputs.push_back({"train.init_weights", t.init_weights});
+  inputs.push_back({"train.init_from", t.init_from});
   if (cfg.data.tokenizer != "byte") inputs.push_back({"data.tokenizer", cfg.data.tokenizer});
   AddDataInputs("data.train", cfg.data.train, &inputs);
   AddDataInputs("data.val", cfg.data.val, &inputs);

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 
 #include "launcher/commands.h"
+#include "launcher/memory_plan.h"
 #include "launcher/options.h"
 #include "launcher/preemption.h"
 #include "launcher/trainer.h"
@@ -29,12 +30,21 @@ absl::Status RunTrainCommand(const CommandArgs& args) {
   po::options_description desc("lattice train");
   std::string config;
   std::vector<std::string> sets;
+  bool memory_only = false;
   desc.add_options()("config", po::value(&config)->required(), "YAML config file")(
-      "set", po::value(&sets)->composing(), "override a config key: --set train.lr=1e-3");
+      "set", po::value(&sets)->composing(), "override a config key: --set train.lr=1e-3")(
+      "memory-only", po::bool_switch(&memory_only),
+      "print the memory plan per rank (docs/memory.md) without allocating it, and exit");
   po::variables_map vm;
   bool help;
   LATTICE_RETURN_IF_ERROR(ParseOptions("train", args, desc, vm, &help));
   if (help) return absl::OkStatus();
+  if (memory_only) {
+    LATTICE_ASSIGN_OR_RETURN(Config cfg, LoadConfig(config, sets));
+    LATTICE_ASSIGN_OR_RETURN(std::string plan, FormatMemoryPlan(cfg));
+    std::fputs(plan.c_str(), stdout);
+    return absl::OkStatus();
+  }
   // SIGUSR1/SIGTERM stop the run at a step boundary with a checkpoint (launcher/preemption.h).
   // Before MPI starts its threads, which must inherit the signals blocked.
   LATTICE_RETURN_IF_ERROR(StartStopSignalWatcher());

@@ -19,9 +19,11 @@
 #include "kernels/matmul.h"
 #include "launcher/preemption.h"
 #include "launcher/preflight.h"
+#include "launcher/sft_prepare.h"
 #include "nlohmann/json.hpp"
 #include "parallel/data_parallel.h"
 #include "parallel/launch_env.h"
+#include "parallel/planner.h"
 #include "runtime/data/dataset.h"
 #include "runtime/status.h"
 #include "runtime/system.h"
@@ -36,21 +38,22 @@ namespace lattice {
 
 namespace {
 
-// VmHWM of /proc/self/status (0 where there is none).
-int64_t PeakResidentBytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::strtoll(line.c_str() + 6, nullptr, 10) * 1024;
-  }
-  return 0;
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Communicator& world) {
   std::unique_ptr<Trainer> tr(new Trainer(cfg, world));
   Config& c = tr->cfg_;
+  {
+    // Communicator timeouts (docs/hangs.md), before any collective; every group split from the
+    // world below inherits them. LATTICE_COMM_TIMEOUT_S overrides parallel.timeout_seconds.
+    static_assert(ParallelConfig{}.timeout_seconds == kDefaultCommTimeoutSeconds);
+    static_assert(ParallelConfig{}.abort_watchdog_seconds == kDefaultAbortWatchdogSeconds);
+    CommTimeout timeout = world.timeout();
+    timeout.seconds = c.parallel.timeout_seconds;
+    timeout.abort_watchdog_seconds = c.parallel.abort_watchdog_seconds;
+    LATTICE_ASSIGN_OR_RETURN(timeout, ApplyCommTimeoutEnv(timeout));
+    world.set_timeout(timeout);
+  }
   LATTICE_RETURN_IF_ERROR(c.ValidateLayout(world.size()));
   // Every output can be written, and none is an input, before any work (launcher/preflight.h);
   // checked where the files are written (rank 0), agreed by all.
@@ -76,6 +79,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
                   kernels::cpu::GemmLibraryName().c_str(), kernels::cpu::BlasThreading().c_str(),
                   kernels::cpu::KernelIsa());
     }
+  }
+  {
+    // The device of every local rank (parallel/launch_env.h), printed once per node by its first
+    // rank. The CPU backend has none ("cpu"); a device backend passes its device count.
+    LATTICE_ASSIGN_OR_RETURN(LaunchEnv launch, DiscoverLaunchEnv(world));
+    LATTICE_ASSIGN_OR_RETURN(std::string devices,
+                             DescribeNodeDevices(launch, /*visible_devices=*/0, ProcessEnv()));
+    if (launch.local_rank == 0) std::printf("lattice train: devices: %s\n", devices.c_str());
   }
   const int64_t mbs = c.train.micro_batch_size;
   tr->micro_batches_ = c.train.global_batch_size / (mbs * tr->dp_);
@@ -105,20 +116,29 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
   tr->registry_ = std::make_unique<TrainStateRegistry>(TrainStateRegistry::ForEngine(*tr->engine_));
   LATTICE_RETURN_IF_ERROR(tr->LoadInitialWeights());
 
-  DatasetOptions data = DatasetOptions::FromConfig(c);
-  if (eot.has_value()) data.source_options.eot = *eot;
-  // Without data.val there is no evaluation (rather than silently training on less data).
-  if (c.data.val.empty()) data.val_fraction = 0;
-  LATTICE_ASSIGN_OR_RETURN(Datasets streams, OpenDatasets(data));
-  if (tr->is_logger()) {
-    // Which format each file was read as, and why (runtime/data/token_file.h).
-    for (int i = 0; i < streams.train->num_sources(); ++i) {
-      std::printf("lattice train: data: %s\n", streams.train->source(i).Describe().c_str());
+  std::shared_ptr<const SampleSource> train_rows;
+  if (c.data.format == DataFormat::kSft) {
+    // Instruction data: prepared once (rank 0 writes, every rank then reads), docs/finetune.md.
+    LATTICE_ASSIGN_OR_RETURN(SftStreams sft, OpenSftStreams(c, world));
+    train_rows = std::move(sft.train);
+    tr->val_ = std::move(sft.val);
+  } else {
+    DatasetOptions data = DatasetOptions::FromConfig(c);
+    if (eot.has_value()) data.source_options.eot = *eot;
+    // Without data.val there is no evaluation (rather than silently training on less data).
+    if (c.data.val.empty()) data.val_fraction = 0;
+    LATTICE_ASSIGN_OR_RETURN(Datasets streams, OpenDatasets(data));
+    if (tr->is_logger()) {
+      // Which format each file was read as, and why (runtime/data/token_file.h).
+      for (int i = 0; i < streams.train->num_sources(); ++i) {
+        std::printf("lattice train: data: %s\n", streams.train->source(i).Describe().c_str());
+      }
     }
+    train_rows = streams.train;
+    tr->val_ = streams.val;
   }
   const ProcessGrid& grid = tr->engine_->grid();
-  tr->train_ = std::make_unique<SampleStream>(streams.train, grid.dp_rank(), grid.dp_size(), mbs);
-  tr->val_ = streams.val;
+  tr->train_ = std::make_unique<SampleStream>(train_rows, grid.dp_rank(), grid.dp_size(), mbs);
   tr->batches_.resize(tr->micro_batches_);
 
   if (!c.checkpoint.dir.empty()) {
@@ -141,6 +161,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
     o.keep_every = c.checkpoint.keep_every;
     LATTICE_ASSIGN_OR_RETURN(tr->saver_, CheckpointSaver::Create(world, o));
   }
+  tr->spike_ = SpikeDetector(c.train.spike);
   LATTICE_RETURN_IF_ERROR(tr->Resume());
   LATTICE_RETURN_IF_ERROR(tr->OpenMetrics());
   absl::Status tensorboard;
@@ -162,7 +183,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
 }
 
 absl::Status Trainer::LoadInitialWeights() {
-  const std::string& path = cfg_.train.init_weights;
+  // train.init_from (fine-tuning) and train.init_weights load the same way; Validate allows one.
+  const bool from = !cfg_.train.init_from.empty();
+  const std::string& path = from ? cfg_.train.init_from : cfg_.train.init_weights;
+  const char* key = from ? "train.init_from" : "train.init_weights";
   if (path.empty()) return absl::OkStatus();
   const TrainStateRegistry weights = TrainStateRegistry::ForEngine(*engine_, /*weights_only=*/true);
   absl::Status loaded;
@@ -177,7 +201,11 @@ absl::Status Trainer::LoadInitialWeights() {
   } else {
     loaded = LoadWeightsFile(path, cfg_.model, weights);
   }
-  return Annotate(AgreeOnStatus(world_, loaded), "train.init_weights");
+  if (loaded.ok() && from && is_logger()) {
+    std::printf("lattice train: %s: starting from the weights of %s (fresh optimizer, iteration "
+                "0)\n", key, path.c_str());
+  }
+  return Annotate(AgreeOnStatus(world_, loaded), key);
 }
 
 CheckpointContents Trainer::Contents() const {
@@ -194,7 +222,7 @@ CheckpointContents Trainer::Contents() const {
   return c;
 }
 
-absl::Status Trainer::ResumeFrom(const std::string& dir) {
+absl::Status Trainer::ResumeFrom(const std::string& dir, bool announce) {
   absl::StatusOr<std::unique_ptr<CheckpointReader>> reader = CheckpointReader::Open(dir);
   absl::Status ok = reader.status();
   if (ok.ok()) ok = CheckCompatible(**reader, cfg_.model, /*need_optimizer=*/true);
@@ -221,10 +249,11 @@ absl::Status Trainer::ResumeFrom(const std::string& dir) {
   engine_->optimizer().set_step(idx.optimizer_step);
   nan_iterations_ = idx.nan_iterations;
   resumed_from_ = dir;
+  spike_.Anchor(idx.iteration);  // a rollback may go back to here
   // Bytes read by this rank, summed over the ranks for the report.
   int64_t bytes[1] = {static_cast<int64_t>((*reader)->bytes_read())};
   LATTICE_RETURN_IF_ERROR(SumInRankOrder(world_, absl::MakeSpan(bytes)));
-  if (is_logger()) {
+  if (is_logger() && announce) {
     std::printf("lattice train: resumed from %s (saved at %s) at iteration %lld, consumed "
                 "samples %lld, optimizer step %lld; read %.1f MiB in %.2f s (%.2f GB/s)\n",
                 dir.c_str(), idx.layout.ToString().c_str(), static_cast<long long>(idx.iteration),
@@ -285,45 +314,56 @@ absl::Status Trainer::OpenMetrics() {
   absl::StatusOr<OutputStream> metrics = OpenOutputStream(
       path, resumed_from_.empty() ? ExistingContent::kTruncate : ExistingContent::kAppend);
   if (!metrics.ok()) return Annotate(metrics.status(), "train.metrics_file");
-  if (!resumed_from_.empty()) {
-    // The rows up to the checkpoint's iteration stay; the crashed run's rows after it (and a
-    // line cut short by the crash) go, since this run computes those iterations again.
-    const int64_t iteration = engine_->iteration();
-    std::ifstream in(path, std::ios::binary);
-    std::string line;
-    int64_t keep = 0, dropped = 0;
-    bool cut = false;
-    while (std::getline(in, line)) {
-      const bool complete = !in.eof();
-      if (!cut) {
-        absl::StatusOr<nlohmann::json> row = ParseJson(line);
-        const bool before = complete && row.ok() && row->is_object() && row->contains("step") &&
-                            (*row)["step"].is_number_integer() &&
-                            (*row)["step"].get<int64_t>() <= iteration;
-        if (before) {
-          keep += static_cast<int64_t>(line.size()) + 1;
-          continue;
-        }
-        cut = true;
-      }
-      ++dropped;
-    }
-    if (::ftruncate(::fileno(metrics->get()), keep) != 0) {
-      return absl::PermissionDeniedError(absl::StrCat("train.metrics_file: cannot truncate '",
-                                                      path, "': ", std::strerror(errno)));
-    }
-    if (dropped > 0) {
-      std::printf("lattice train: %s: dropped %lld row(s) after iteration %lld (this run "
-                  "repeats them)\n",
-                  path.c_str(), static_cast<long long>(dropped), static_cast<long long>(iteration));
-    }
-  }
   metrics_ = metrics->release();
+  // The rows up to the checkpoint's iteration stay; the crashed run's rows after it (and a line
+  // cut short by the crash) go, since this run computes those iterations again.
+  if (!resumed_from_.empty()) return DropMetricsAfter(engine_->iteration());
   return absl::OkStatus();
 }
 
-void Trainer::Report(const std::optional<SaveStats>& stats) const {
-  if (!stats.has_value() || !is_logger()) return;
+absl::Status Trainer::DropMetricsAfter(int64_t iteration) {
+  if (metrics_ == nullptr) return absl::OkStatus();
+  const std::string& path = cfg_.train.metrics_file;
+  if (std::fflush(metrics_) != 0) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("train.metrics_file: write to '", path, "' failed"));
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::string line;
+  int64_t keep = 0, dropped = 0;
+  bool cut = false;
+  while (std::getline(in, line)) {
+    const bool complete = !in.eof();
+    if (!cut) {
+      absl::StatusOr<nlohmann::json> row = ParseJson(line);
+      const bool before = complete && row.ok() && row->is_object() && row->contains("step") &&
+                          (*row)["step"].is_number_integer() &&
+                          (*row)["step"].get<int64_t>() <= iteration;
+      if (before) {
+        keep += static_cast<int64_t>(line.size()) + 1;
+        continue;
+      }
+      cut = true;
+    }
+    ++dropped;
+  }
+  // A fresh run's stream is not O_APPEND: it must write on from the new end, not the old one.
+  if (::ftruncate(::fileno(metrics_), keep) != 0 || std::fseek(metrics_, keep, SEEK_SET) != 0) {
+    return absl::PermissionDeniedError(absl::StrCat("train.metrics_file: cannot truncate '",
+                                                    path, "': ", std::strerror(errno)));
+  }
+  if (dropped > 0) {
+    std::printf("lattice train: %s: dropped %lld row(s) after iteration %lld (this run "
+                "repeats them)\n",
+                path.c_str(), static_cast<long long>(dropped), static_cast<long long>(iteration));
+  }
+  return absl::OkStatus();
+}
+
+void Trainer::Report(const std::optional<SaveStats>& stats) {
+  if (!stats.has_value()) return;
+  spike_.Anchor(stats->iteration);  // the newest committed checkpoint: where a rollback goes
+  if (!is_logger()) return;
   const SaveStats& s = *stats;
   std::printf(
       "lattice train: checkpoint %s committed: %.1f MiB from %d rank(s) in %.2f s (shard write "
@@ -351,6 +391,10 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   }
   LATTICE_ASSIGN_OR_RETURN(EngineStepResult r, engine_->Step(batches_, m.lr));
   m.loss = r.loss;
+  // Test hook (runtime/io/fault_injection.h): a loss spike at one iteration, once per process.
+  if (std::optional<double> factor = TakeFaultValue("scale_loss", world_.rank(), m.step)) {
+    m.loss *= *factor;
+  }
   m.grad_norm = r.grad_norm;
   // Megatron's behaviour for a non-finite loss or norm: skip the update, count it, go on.
   m.skipped = r.skipped;
@@ -443,6 +487,150 @@ absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss,
   return absl::OkStatus();
 }
 
+absl::StatusOr<bool> Trainer::CheckSpike(const StepMetrics& m) {
+  const SpikeVerdict verdict = spike_.Observe(m.step, m.loss, m.skipped);
+  // Every rank learns, at this step boundary, whether any rank's detector triggered (one MAX
+  // all-reduce, as preemption agrees): all of them roll back together or none does. The value
+  // names the highest rank that saw it, for the message of the ranks that did not.
+  int32_t who = verdict.triggered() ? world_.rank() + 1 : 0;
+  LATTICE_RETURN_IF_ERROR(world_.AllReduce(&who, 1, CommType::kI32, ReduceOp::kMax));
+  if (who == 0) return false;
+  const std::string reason =
+      verdict.triggered()
+          ? verdict.Describe()
+          : absl::StrCat("rank ", who - 1, " saw a loss spike or non-finite steps at iteration ",
+                         m.step, " (this rank's loss ", absl::StrFormat("%.6g", m.loss), ")");
+  LATTICE_RETURN_IF_ERROR(RollBack(reason, verdict, m.step));
+  return true;
+}
+
+absl::Status Trainer::RollBack(const std::string& reason, const SpikeVerdict& verdict,
+                               int64_t step) {
+  const SpikeConfig& sc = cfg_.train.spike;
+  // A save in flight is of an iteration before the spike: commit it, it is the newest good one.
+  if (saver_ != nullptr) {
+    LATTICE_ASSIGN_OR_RETURN(std::optional<SaveStats> committed, saver_->Finish());
+    Report(committed);
+  }
+  const std::string skipped_so_far = FormatSampleRanges(train_->skipped());
+  if (!spike_.CanRollBack()) {
+    return absl::AbortedError(absl::StrCat(
+        "train.spike: ", reason, "; the run already rolled back ", spike_.rollbacks(),
+        " time(s) and train.spike.max_rollbacks=", sc.max_rollbacks,
+        ": stopping (samples skipped so far: ", skipped_so_far, ")",
+        saver_ != nullptr ? "; the newest committed checkpoint is in checkpoint.dir" : ""));
+  }
+  // Validate() refuses rollbacks without checkpoint.dir; a Config built in code may not have
+  // been through it.
+  if (saver_ == nullptr) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "train.spike: ", reason, ", but checkpoint.dir is empty: there is nothing to roll back to"));
+  }
+  const std::string& root = cfg_.checkpoint.dir;
+  absl::StatusOr<std::vector<CheckpointEntry>> all = ListCheckpoints(root);
+  LATTICE_RETURN_IF_ERROR(Annotate(AgreeOnStatus(world_, all.status()), "checkpoint.dir"));
+  // Only checkpoints before the spike: a directory may hold newer ones of an older run when
+  // checkpoint.resume named an older checkpoint.
+  std::vector<CheckpointEntry> candidates;
+  for (auto it = all->rbegin(); it != all->rend(); ++it) {
+    if (it->iteration < step) candidates.push_back(*it);
+  }
+  if (candidates.empty()) {
+    const int64_t every = cfg_.checkpoint.interval;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "train.spike: ", reason, ", but ", root,
+        " holds no committed checkpoint before iteration ", step, " to roll back to",
+        every > 0 ? absl::StrCat(" (the first is saved at iteration ", every,
+                                 ", checkpoint.interval=", every, ")")
+                  : std::string(" (checkpoint.interval=0 saves only at the end)"),
+        "; lower checkpoint.interval so that one exists before the detector can fire"));
+  }
+  const int64_t end = train_->consumed_samples();
+  std::vector<SampleRange> skipped = train_->skipped();
+  std::string dir;
+  std::vector<std::string> errors;
+  for (const CheckpointEntry& c : candidates) {
+    absl::Status loaded = ResumeFrom(c.path, /*announce=*/false);
+    if (loaded.ok()) {
+      dir = c.path;
+      break;
+    }
+    errors.push_back(std::string(loaded.message()));
+    if (is_logger()) {
+      std::fprintf(stderr, "lattice train: warning: rollback: checkpoint %s is unusable: %s\n",
+                   c.path.c_str(), std::string(loaded.message()).c_str());
+    }
+  }
+  if (dir.empty()) {
+    return absl::DataLossError(absl::StrCat("train.spike: ", reason, ", but none of the ",
+                                            candidates.size(), " checkpoints before it in ", root,
+                                            " loads (", absl::StrJoin(errors, "; "), ")"));
+  }
+  // The window read since the checkpoint, in global sample coordinates, is never read again;
+  // the ranges skipped by earlier rollbacks stay skipped (the checkpoint may predate them).
+  const int64_t iteration = engine_->iteration();
+  const SampleRange window{train_->consumed_samples(), end};
+  skipped.push_back(window);
+  for (const SampleRange& r : skipped) LATTICE_RETURN_IF_ERROR(train_->Skip(r));
+  spike_.RollBack(iteration);
+
+  absl::Status logged;
+  if (is_logger()) {
+    std::printf("lattice train: rollback: %s; reloading iteration %lld (%s), skipping samples "
+                "[%lld, %lld) (rollback %lld of at most %lld; skipped in all: %s)\n",
+                reason.c_str(), static_cast<long long>(iteration), dir.c_str(),
+                static_cast<long long>(window.begin), static_cast<long long>(window.end),
+                static_cast<long long>(spike_.rollbacks()),
+                static_cast<long long>(sc.max_rollbacks),
+                FormatSampleRanges(train_->skipped()).c_str());
+    std::fflush(stdout);
+    // The metrics keep every iteration once: the rolled-back rows go (the run repeats those
+    // iterations), and a rollback record takes their place. Its "step" is the iteration
+    // reloaded, so a later resume keeps it exactly when it keeps that iteration's row.
+    logged = DropMetricsAfter(iteration);
+    if (logged.ok() && metrics_ != nullptr) {
+      nlohmann::json j = {{"event", "rollback"},
+                          {"step", iteration},
+                          {"spike_step", step},
+                          {"reason", reason},
+                          {"trigger", verdict.kind == SpikeVerdict::Kind::kNonFinite ? "nonfinite"
+                                      : verdict.kind == SpikeVerdict::Kind::kSpike  ? "spike"
+                                                                                   : "other rank"},
+                          {"checkpoint", dir},
+                          {"skipped_begin", window.begin},
+                          {"skipped_end", window.end},
+                          {"skipped", SampleRangesToJson(train_->skipped())},
+                          {"rollbacks", spike_.rollbacks()}};
+      // A NaN or Inf loss has no JSON number: it is written as null.
+      j["loss"] = std::isfinite(verdict.loss) ? nlohmann::json(verdict.loss) : nlohmann::json();
+      if (verdict.kind == SpikeVerdict::Kind::kSpike) {
+        j["sigma"] = std::isfinite(verdict.sigma) ? nlohmann::json(verdict.sigma) : nlohmann::json();
+        j["window_mean"] = verdict.mean;
+        j["window_std"] = verdict.stddev;
+        j["window"] = verdict.window;
+      }
+      const std::string line = j.dump() + "\n";
+      if (std::fputs(line.c_str(), metrics_) < 0 || std::fflush(metrics_) != 0) {
+        logged = absl::ResourceExhaustedError(
+            absl::StrCat("train.metrics_file: write to '", cfg_.train.metrics_file, "' failed"));
+      }
+    }
+    // TensorBoard drops the steps after the reloaded iteration, as after a resume.
+    if (logged.ok() && tensorboard_ != nullptr) {
+      logged = tensorboard_->AddSessionStart(iteration + 1);
+    }
+  }
+  LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world_, logged));
+  // The skip is training state: save the reloaded iteration again at once, now with the skipped
+  // range, so a crash before the next checkpoint cannot resume into the same window.
+  SetCheckpointInProgress(true);
+  LATTICE_ASSIGN_OR_RETURN(std::optional<SaveStats> committed,
+                           saver_->Save(*registry_, Contents()));
+  Report(committed);
+  SetCheckpointInProgress(saver_->in_flight());
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::StopEarly(const StopDecision& stop, int64_t iteration) {
   if (is_logger()) {
     std::printf("lattice train: stopping after iteration %lld on %s: saving a checkpoint\n",
@@ -494,17 +682,29 @@ absl::Status Trainer::Run() {
         static_cast<long long>(dp_), static_cast<long long>(gbs), static_cast<long long>(mc.seq_len));
     std::printf(
         "lattice train: memory of rank 0: parameters %.2f MiB, gradients %.2f MiB, optimizer "
-        "state %.2f MiB, activations %.2f MiB per micro-batch (+ %.2f MiB backward scratch)\n",
+        "state %.2f MiB, activations %.2f MiB per micro-batch with recompute=%s (+ %.2f MiB "
+        "backward scratch, %.2f MiB of it the recompute layer set; docs/memory.md)\n",
         mem.params / 1048576.0, mem.grads / 1048576.0, mem.optimizer_state / 1048576.0,
-        model.activation_bytes() / 1048576.0, model.scratch_bytes() / 1048576.0);
+        model.activation_bytes() / 1048576.0, RecomputeName(model.recompute()).data(),
+        model.scratch_bytes() / 1048576.0, model.recompute_scratch_bytes() / 1048576.0);
     std::fflush(stdout);
   }
   const auto start = std::chrono::steady_clock::now();
   const int64_t first_iteration = engine_->iteration();  // > 0 after a resume
   for (int64_t s = engine_->iteration(); s < cfg_.train.steps; ++s) {
     MaybeInjectFault("train_step", world_.rank(), s + 1);
+    SetFaultInjectionStep(s + 1);  // for the communicator's collective_stop point
     const bool save_in_flight = saver_ != nullptr && saver_->in_flight();
     LATTICE_ASSIGN_OR_RETURN(StepMetrics m, Step());
+    if (spike_.enabled()) {
+      LATTICE_ASSIGN_OR_RETURN(const bool rolled_back, CheckSpike(m));
+      if (rolled_back) {
+        // Continue after the checkpoint's iteration (the loop's ++s makes s that iteration);
+        // nothing of the rolled-back step is evaluated, logged or saved.
+        s = engine_->iteration() - 1;
+        continue;
+      }
+    }
     double val_loss = 0;
     bool have_val = false;
     if (val_ && cfg_.train.eval_interval > 0 &&

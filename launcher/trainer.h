@@ -12,6 +12,10 @@
 // the first step: the weights, AdamW's moments and step, the iteration, the NaN-iteration count
 // and the data position. A resumed run appends to its metrics file (dropping the rows of
 // iterations after the checkpoint, which the run repeats), so the step numbers continue.
+//
+// Loss spikes and NaNs (train.spike, launcher/spike.h, docs/recovery.md): on a spike or a run
+// of non-finite steps every rank reloads the newest committed checkpoint, the loader skips the
+// global samples read since it (saved in every later checkpoint), and training goes on.
 #ifndef LATTICE_LAUNCHER_TRAINER_H_
 #define LATTICE_LAUNCHER_TRAINER_H_
 
@@ -25,6 +29,7 @@
 
 #include "absl/status/statusor.h"
 #include "launcher/preemption.h"
+#include "launcher/spike.h"
 #include "model/decoder.h"
 #include "model/optimizer.h"
 #include "model/weights_file.h"
@@ -83,9 +88,21 @@ class Trainer {
   absl::Status Resume();
   // Restores the state of one checkpoint directory. Collective; on error nothing of the
   // checkpoint is kept (a later candidate overwrites all of it).
-  absl::Status ResumeFrom(const std::string& dir);
+  // `announce`: print the "resumed from" line (rank 0).
+  absl::Status ResumeFrom(const std::string& dir, bool announce = true);
   CheckpointContents Contents() const;
-  void Report(const std::optional<SaveStats>& stats) const;
+  // Prints a committed save (rank 0) and tells the spike detector (every rank).
+  void Report(const std::optional<SaveStats>& stats);
+  // train.spike (launcher/spike.h): feeds the step to the detector, agrees with every rank
+  // whether any of them saw a spike, and if so rolls back (RollBack). Returns whether it did.
+  // Collective.
+  absl::StatusOr<bool> CheckSpike(const StepMetrics& m);
+  // Reloads the newest committed checkpoint before iteration `step`, skips the samples read
+  // since it, records that (log, metrics, the checkpoint re-saved with the skip), or returns
+  // the error that stops the run. Collective.
+  absl::Status RollBack(const std::string& reason, const SpikeVerdict& verdict, int64_t step);
+  // Drops the rows of iterations after `iteration` from the open metrics file (rank 0).
+  absl::Status DropMetricsAfter(int64_t iteration);
   // After every rank agreed to stop (launcher/preemption.h): commits a checkpoint of
   // `iteration` and returns StoppedStatus. Collective.
   absl::Status StopEarly(const StopDecision& stop, int64_t iteration);
@@ -99,7 +116,7 @@ class Trainer {
   std::unique_ptr<ParallelEngine> engine_;
   // This data-parallel rank's cursor over the training samples.
   std::unique_ptr<SampleStream> train_;
-  std::shared_ptr<const TrainingSamples> val_;  // null without validation data
+  std::shared_ptr<const SampleSource> val_;  // null without validation data
   int64_t micro_batches_ = 1;  // local micro-batches per step: gbs / (mbs * dp)
   int64_t nan_iterations_ = 0;
   FILE* metrics_ = nullptr;
@@ -109,6 +126,7 @@ class Trainer {
   std::unique_ptr<TrainStateRegistry> registry_;
   std::unique_ptr<CheckpointSaver> saver_;
   std::string resumed_from_;
+  SpikeDetector spike_{SpikeConfig{}};  // train.spike
 };
 
 }  // namespace lattice

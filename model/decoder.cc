@@ -1,6 +1,7 @@
 // Creation, validation and sizes of the decoder (model/decoder.h says where the rest lives).
 #include "model/decoder.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -67,14 +68,15 @@ absl::Status Decoder::ValidateShard(const ModelConfig& cfg, int64_t batch,
 
 absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Create(const ModelConfig& cfg, int64_t batch,
                                                          const ModelShard& shard,
-                                                         TensorParallelOps* tp) {
+                                                         TensorParallelOps* tp,
+                                                         const DecoderOptions& options) {
   LATTICE_RETURN_IF_ERROR(ValidateShard(cfg, batch, shard, tp));
   if (shard.tp_size > 1 && tp == nullptr) {
     return absl::InvalidArgumentError("tensor parallelism needs ops over the tp group");
   }
   // Refuse what cannot fit before allocating it (the engine checks the whole training state,
   // shared by the node's ranks, before this; eval and generate come here directly).
-  LATTICE_ASSIGN_OR_RETURN(DecoderMemory plan, PlanMemory(cfg, batch, shard));
+  LATTICE_ASSIGN_OR_RETURN(DecoderMemory plan, PlanMemory(cfg, batch, shard, options));
   const MemoryInfo mem = AvailableMemory();
   if (mem.available_bytes >= 0 && plan.total(1) > mem.available_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -84,7 +86,7 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Create(const ModelConfig& cfg,
         ") but this machine has ", FormatGiB(mem.available_bytes), " available (", mem.source,
         ")"));
   }
-  std::unique_ptr<Decoder> d(new Decoder(cfg, batch, shard, tp));
+  std::unique_ptr<Decoder> d(new Decoder(cfg, batch, shard, tp, options));
   d->DeclareParameters();
   d->params_.Allocate(*d->be_);
   d->ResolveWeights();
@@ -93,8 +95,13 @@ absl::StatusOr<std::unique_ptr<Decoder>> Decoder::Create(const ModelConfig& cfg,
 }
 
 absl::StatusOr<DecoderMemory> Decoder::PlanMemory(const ModelConfig& cfg, int64_t batch,
-                                                  const ModelShard& shard) {
+                                                  const ModelShard& shard,
+                                                  const DecoderOptions& options) {
   LATTICE_RETURN_IF_ERROR(ValidateShard(cfg, batch, shard, nullptr));
+  if (options.classifier_chunk < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train.classifier_chunk=", options.classifier_chunk, " must be >= 1"));
+  }
   // Every layer has the same shapes and sharding, so two probes that declare nothing but the
   // ends (no layer) and the ends plus one layer give the whole plan by multiplication, in time
   // independent of model.n_layer (a model too large to allocate is refused from this plan).
@@ -102,7 +109,7 @@ absl::StatusOr<DecoderMemory> Decoder::PlanMemory(const ModelConfig& cfg, int64_
     ModelShard s = shard;
     s.chunks = {std::move(layers)};
     s.head = head;
-    auto d = std::unique_ptr<Decoder>(new Decoder(cfg, batch, s, nullptr));
+    auto d = std::unique_ptr<Decoder>(new Decoder(cfg, batch, s, nullptr, options));
     d->DeclareParameters();
     d->AllocateScratch(/*allocate=*/false);
     return d;
@@ -129,6 +136,12 @@ absl::StatusOr<DecoderMemory> Decoder::PlanMemory(const ModelConfig& cfg, int64_
   m.activations_per_set =
       static_cast<int64_t>(chunks) * chunk_act + layers * layer_act + head_act;
   m.head_bytes = head_act;
+  m.recompute_scratch = ends->recompute_bytes_;
+  m.classifier_scratch = ends->classifier_bytes_;
+  m.layer_bytes = layer_act;
+  m.chunk_io_bytes = chunk_act;
+  m.layers = layers;
+  m.chunks = static_cast<int64_t>(chunks);
   return m;
 }
 
@@ -147,8 +160,10 @@ std::vector<std::pair<std::string, Shape>> Decoder::ParameterShapes(const ModelC
 }
 
 Decoder::Decoder(const ModelConfig& cfg, int64_t batch, const ModelShard& shard,
-                 TensorParallelOps* tp)
-    : cfg_(cfg), batch_(batch), shard_(shard), tp_(tp) {
+                 TensorParallelOps* tp, const DecoderOptions& options)
+    : cfg_(cfg), batch_(batch), shard_(shard), tp_(tp), recompute_(options.recompute) {
+  // A chunk never exceeds the rows of a micro-batch (the scratch is one chunk).
+  cls_chunk_ = std::max<int64_t>(1, std::min(options.classifier_chunk, batch * cfg.seq_len));
   llama_ = cfg.arch == Arch::kLlama;
   tpn_ = shard.tp_size;
   tpr_ = shard.tp_rank;

@@ -36,6 +36,7 @@
 #include <map>
 #include <utility>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,9 +59,25 @@ struct DecoderMemory {
   int64_t scratch = 0;             // backward scratch (one micro-batch)
   int64_t activations_per_set = 0; // one micro-batch's activations of all this rank's chunks
   int64_t head_bytes = 0;          // the part of it the head chunk keeps (logits, final norm)
+  int64_t recompute_scratch = 0;   // part of scratch: the layer set recompute regenerates into
+  int64_t classifier_scratch = 0;  // part of scratch: one chunk of the fused head's logits
+  // activations_per_set by category: layers x layer_bytes (what one layer keeps under the
+  // recompute mode) + chunks x chunk_io_bytes (tokens, targets, mask, chunk output) + head_bytes.
+  int64_t layer_bytes = 0, chunk_io_bytes = 0;
+  int64_t layers = 0, chunks = 0;
   int64_t total(int64_t sets_in_flight) const {
     return params + grads + scratch + activations_per_set * sets_in_flight;
   }
+};
+
+// How a decoder trades memory for compute (train.recompute, train.classifier_chunk).
+struct DecoderOptions {
+  Recompute recompute = Recompute::kNone;
+  // Token rows per chunk of the fused lm head + cross-entropy (kernels/classifier.h): its
+  // scratch is chunk x (Vp/tp + 4) floats. 256 gives the CPU's GEMMs ~77 flops per byte of
+  // weight traffic (docs/precision.md), well above a CPU's ridge point.
+  int64_t classifier_chunk = 256;
+  static DecoderOptions From(const TrainConfig& t) { return {t.recompute, t.classifier_chunk}; }
 };
 
 struct ForwardResult {
@@ -82,21 +99,28 @@ class Decoder {
   static absl::StatusOr<std::unique_ptr<Decoder>> Create(const ModelConfig& cfg, int64_t batch);
   // One rank's part (model/tensor_parallel.h). `tp` (needed when shard.tp_size > 1) must
   // outlive the decoder. InvalidArgument names the sizes that do not divide.
+  // `recompute` (train.recompute, docs/memory.md) decides which layer activations a
+  // micro-batch keeps for the backward and which the backward regenerates: the numbers are the
+  // same bit for bit in every mode.
   static absl::StatusOr<std::unique_ptr<Decoder>> Create(const ModelConfig& cfg, int64_t batch,
                                                           const ModelShard& shard,
-                                                          TensorParallelOps* tp);
+                                                          TensorParallelOps* tp,
+                                                          const DecoderOptions& options = {});
 
   // Parameter count of a configuration, without allocating anything (presets up to 70B).
   static int64_t CountParameters(const ModelConfig& cfg);
   // What Create(cfg, batch, shard, ...) would allocate, without allocating it. InvalidArgument
   // as Create for shards that do not fit the configuration.
   static absl::StatusOr<DecoderMemory> PlanMemory(const ModelConfig& cfg, int64_t batch,
-                                                  const ModelShard& shard);
+                                                  const ModelShard& shard,
+                                                  const DecoderOptions& options = {});
   // Names and unsharded shapes of the whole model's parameters, in declaration order.
   static std::vector<std::pair<std::string, Shape>> ParameterShapes(const ModelConfig& cfg);
 
   const ModelConfig& config() const { return cfg_; }
   const ModelShard& shard() const { return shard_; }
+  Recompute recompute() const { return recompute_; }
+  int64_t classifier_chunk() const { return cls_chunk_; }
   int64_t batch() const { return batch_; }
   ParameterSet& params() { return params_; }
   const ParameterSet& params() const { return params_; }
@@ -108,7 +132,7 @@ class Decoder {
   // Forward over tokens (B, T) with B <= batch and T <= seq_len. With targets (B, T) (and an
   // optional loss_mask (B, T)) computes the per-token losses; without, only the logits.
   ForwardResult Forward(const int32_t* tokens, const int32_t* targets, const float* loss_mask,
-                        int64_t b, int64_t t);
+                        int64_t b, int64_t t, const int32_t* doc_starts = nullptr);
   // Backward of the last Forward (which must have had targets). Every token's loss gradient is
   // `dloss` (e.g. 1 / tokens in the global batch). Parameter gradients ACCUMULATE.
   void Backward(float dloss);
@@ -125,12 +149,21 @@ class Decoder {
   // (identical on every tensor-parallel rank), others write `output` (HiddenRows, C).
   // `tokens`, `targets`, `loss_mask`, `input` and `output` are host memory (copied to and from
   // the backend).
+  // `doc_starts` (B, T), host memory, optional: packed examples (runtime/data/sft.h); every
+  // chunk of the micro-batch must get the same. Attention and positions then stay inside each
+  // example (kernels/backend.h, document masking).
   ForwardResult ForwardChunk(int chunk, int micro, const int32_t* tokens, const int32_t* targets,
                              const float* loss_mask, const float* input, float* output, int64_t b,
-                             int64_t t);
+                             int64_t t, const int32_t* doc_starts = nullptr);
   // With an accumulator set, the head adds each micro-batch's loss sum to slot `slot` of `acc`
   // on the device and ForwardResult::loss_sum stays 0 (the caller reads the step's sum once);
   // null (the default) reads it back into loss_sum. `acc` must outlive its use here.
+  // Training: the loss gradient `dloss` the coming head forwards' backward will use (the
+  // engine knows it before the forwards). The head then computes its gradients in the forward
+  // (the fused classifier, kernels/classifier.h) and a micro-batch keeps the (N, C) input
+  // gradient instead of (N, Vp) logits. nullopt (evaluation, and the default): the forward
+  // computes the loss alone and the backward, if any, runs the fused pass then.
+  void set_head_loss_gradient(std::optional<float> dloss) { head_dloss_ = dloss; }
   void set_loss_accumulator(kernels::DeviceScalars* acc, int slot) {
     loss_acc_ = acc;
     loss_slot_ = slot;
@@ -172,6 +205,8 @@ class Decoder {
   // scratch buffers; reported by the trainer.
   int64_t activation_bytes() const { return activation_bytes_; }
   int64_t scratch_bytes() const { return scratch_bytes_; }
+  // Of scratch_bytes(), the recompute layer set (0 with train.recompute=none).
+  int64_t recompute_scratch_bytes() const { return recompute_bytes_; }
   // Micro-batch activation sets (one per chunk and micro-batch) alive now and at the peak
   // since the last ResetPeak(); a pipeline schedule's memory bound is asserted on these.
   int in_flight() const { return in_flight_; }
@@ -185,7 +220,8 @@ class Decoder {
   double FlopsPerToken(int64_t t) const;
 
  private:
-  Decoder(const ModelConfig& cfg, int64_t batch, const ModelShard& shard, TensorParallelOps* tp);
+  Decoder(const ModelConfig& cfg, int64_t batch, const ModelShard& shard, TensorParallelOps* tp,
+          const DecoderOptions& options = {});
   static absl::Status ValidateShard(const ModelConfig& cfg, int64_t batch,
                                     const ModelShard& shard, const TensorParallelOps* tp);
   void DeclareParameters();
@@ -228,23 +264,38 @@ class Decoder {
     Tensor fc;         // (N, f) gpt2 pre-GELU | (N, 2f) llama gate|up
     Tensor act;        // (N, f) GELU / SwiGLU output
   };
+  // Which fields an activation set keeps (kept = true) or the recompute layer set rc_ holds
+  // (kept = false) under recompute_: `make` sizes (and maybe allocates) each one.
+  void LayerFields(LayerActs& a, bool kept, const std::function<Tensor(Shape)>& make) const;
+  // The fields a layer's forward and backward work on: the kept ones of `kept`, the others
+  // from rc_ (every field is kept when recompute_ is kNone).
+  LayerActs Working(const LayerActs& kept) const;
+
   // Everything one chunk keeps for one micro-batch.
   struct ActSet {
     int64_t b = 0, t = 0;
     int64_t pos0 = 0;  // position of the first token (> 0 only when decoding with a cache)
     bool has_mask = false;
     Tensor tokens, targets, mask;  // (B, T)
+    bool has_docs = false;
+    Tensor doc_starts;             // (B, T) i32 packed examples (has_docs), see ForwardChunk
     std::vector<LayerActs> layers;
     Tensor residual_out;           // (R, C) output of the chunk's last layer
     Tensor normf, normf_full, normf_mean, normf_rstd;  // head only
-    Tensor logits;                 // (N, Vp/tp) head only
-    Tensor row_max, sum_exp, tlogit;  // (N) head only, tp > 1
+    Tensor dhead;                  // (N, C) head only: the classifier's input gradient
+    bool head_grads = false;       // the forward's fused pass already made dhead and dweight
+    float head_dloss = 0;          // ... with this loss gradient
     int64_t bytes = 0;
   };
   // Decoding: where the chunk's layers read and append keys and values.
   struct DecodeContext {
     KvCache* cache = nullptr;
   };
+  // Regenerates the fields of `a` that live in rc_ before the layer's backward, running the
+  // same kernels and tensor-parallel collectives in the same order as the forward did.
+  void RecomputeLayer(LayerActs& a, int64_t l, const ActSet& s);
+  // The attention core over qkv after RoPE: atty and att_lse (forward and selective recompute).
+  void AttentionCore(LayerActs& a, const ActSet& s);
   ActSet* Acquire(int chunk, int micro, int64_t b, int64_t t);
   // An activation set for `chunk` (with allocate = false: only its bytes are counted).
   std::unique_ptr<ActSet> NewActSet(int chunk, bool allocate) const;
@@ -259,7 +310,9 @@ class Decoder {
   void LayerForward(LayerActs& a, int64_t l, const ActSet& s, TensorView out,
                     const DecodeContext* decode);
   void Attention(LayerActs& a, int64_t l, const ActSet& s, const DecodeContext* decode);
-  void LayerBackward(LayerActs& a, int64_t l, int64_t b, int64_t t, TensorView dres);
+  // `docs`: the set's doc_starts when it has packed examples, else absent.
+  void LayerBackward(LayerActs& a, int64_t l, int64_t b, int64_t t, TensorView dres,
+                     ConstView docs);
   ForwardResult HeadForward(ActSet& s, ConstView x, bool with_loss);
   void HeadBackward(ActSet& s, float dloss, TensorView dres);
   // LayerNorm (gpt2) or RMSNorm (llama) forward/backward.
@@ -281,6 +334,11 @@ class Decoder {
   int tpn_ = 1, tpr_ = 0;
   bool sp_ = false;
   bool llama_;
+  Recompute recompute_ = Recompute::kNone;
+  // True while RecomputeLayer reruns a whole layer forward: the layer's row-parallel outputs
+  // then go to dfull_, as dresidual_ carries the backward's gradient.
+  bool recomputing_ = false;
+  LayerActs rc_;  // the recompute layer set: one per rank, shared by every layer and micro-batch
   // Global sizes, then this rank's local head/kv-head/ffn/vocab sizes.
   int64_t c_, h_, k_, d_, f_, vp_, v_;
   int64_t hl_, kl_, fl_, vl_, kv_begin_, qkv_dim_, fc_dim_;
@@ -312,11 +370,25 @@ class Decoder {
   std::unique_ptr<kernels::Arena> act_arena_;
   // The loss sum of a Forward without an accumulator, read back once per call.
   std::unique_ptr<kernels::DeviceScalars> loss_scalars_;
+  // The fused classifier: rows per chunk and its scratch (one chunk's logits, of scratch_arena_).
+  int64_t cls_chunk_ = 0;
+  Tensor cls_scratch_;
+  std::optional<float> head_dloss_;
+  // Whole logits (N, Vp/tp), only where they are an output (Forward without targets: eval
+  // --dump-logits, generate): allocated on first use, outside the training memory plan.
+  std::unique_ptr<kernels::Arena> logits_arena_;
+  Tensor logits_;
+  // The head's fused classifier (training: loss and gradients; else the loss alone), adding
+  // the loss sum to (acc, slot).
+  void Classify(ActSet& s, kernels::ConstView xn, bool train, float dloss,
+                kernels::DeviceScalars& acc, int slot);
   kernels::DeviceScalars* loss_acc_ = nullptr;
   int loss_slot_ = 0;
 
   int64_t activation_bytes_ = 0;
   int64_t scratch_bytes_ = 0;
+  int64_t recompute_bytes_ = 0;  // of scratch_bytes_, rc_'s
+  int64_t classifier_bytes_ = 0;  // of scratch_bytes_, cls_scratch_'s
   GradReadyFn grad_ready_;
   // Reports the flat range [begin, end) as ready.
   void ReportReady(int64_t begin, int64_t end) const;

@@ -2,6 +2,7 @@
 // the memory plan: the same code sizes a buffer whether it allocates it or only counts it, so
 // Decoder::PlanMemory is exactly what Create allocates.
 #include <algorithm>
+#include <functional>
 #include <utility>
 
 #include "model/decoder.h"
@@ -41,6 +42,16 @@ void Decoder::AllocateScratch(bool allocate) {
     dact_ = S({b * t, fl_});
     proj_out_ = S({b * t, c_});
     if (tpn_ > 1) embed_full_ = S({b * t, c_});
+    if (shard_.head) {
+      const int64_t at = S.bytes();
+      cls_scratch_ = S({kernels::ClassifierScratchFloats(cls_chunk_, vl_)});
+      classifier_bytes_ = S.bytes() - at;
+    }
+    // The recompute layer set comes last, so that its bytes are the difference.
+    const int64_t before = S.bytes();
+    rc_ = LayerActs();
+    LayerFields(rc_, /*kept=*/false, [&](Shape shape) { return S(std::move(shape)); });
+    recompute_bytes_ = S.bytes() - before;
     return S.bytes();
   };
   // Counted first, so that the arena is one block of exactly the scratch.
@@ -81,23 +92,10 @@ std::unique_ptr<Decoder::ActSet> Decoder::NewActSet(int chunk, bool allocate) co
   s->tokens = A({b, t}, DType::kI32);
   s->targets = A({b, t}, DType::kI32);
   s->mask = A({b, t});
+  s->doc_starts = A({b, t}, DType::kI32);
   s->layers.resize(chunks_[chunk].size());
   for (LayerActs& a : s->layers) {
-    a.residual = A({r, c_});
-    a.norm1 = A({r, c_});
-    if (sp_) a.norm1_full = A({n, c_});
-    if (!llama_) a.norm1_mean = A({r});
-    a.norm1_rstd = A({r});
-    a.qkv = A({n, qkv_dim_});
-    a.att_lse = A({b, hl_, t});
-    a.atty = A({n, hl_ * d_});
-    a.residual2 = A({r, c_});
-    a.norm2 = A({r, c_});
-    if (sp_) a.norm2_full = A({n, c_});
-    if (!llama_) a.norm2_mean = A({r});
-    a.norm2_rstd = A({r});
-    a.fc = A({n, fc_dim_});
-    a.act = A({n, fl_});
+    LayerFields(a, /*kept=*/true, [&](Shape shape) { return A(std::move(shape)); });
   }
   s->residual_out = A({r, c_});
   if (chunk + 1 == num_chunks() && shard_.head) {
@@ -105,15 +103,62 @@ std::unique_ptr<Decoder::ActSet> Decoder::NewActSet(int chunk, bool allocate) co
     if (sp_) s->normf_full = A({n, c_});
     if (!llama_) s->normf_mean = A({r});
     s->normf_rstd = A({r});
-    s->logits = A({n, vl_});
-    if (tpn_ > 1) {
-      s->row_max = A({n});
-      s->sum_exp = A({n});
-      s->tlogit = A({n});
-    }
+    s->dhead = A({n, c_});
   }
   s->bytes = A.bytes();
   return s;
+}
+
+void Decoder::LayerFields(LayerActs& a, bool kept,
+                          const std::function<Tensor(Shape)>& make) const {
+  const int64_t b = batch_, t = cfg_.seq_len, n = b * t;
+  const int64_t r = sp_ ? (n + tpn_ - 1) / tpn_ : n;
+  // Selective regenerates what needs no GEMM (norms, attention core, activation function);
+  // full regenerates everything from the layer's input (docs/memory.md).
+  const bool cheap = recompute_ != Recompute::kNone;
+  const bool all = recompute_ == Recompute::kFull;
+  auto put = [&](Tensor& field, Shape shape, bool recomputed) {
+    if (recomputed != kept) field = make(std::move(shape));
+  };
+  put(a.residual, {r, c_}, false);
+  put(a.norm1, {r, c_}, cheap);
+  if (sp_) put(a.norm1_full, {n, c_}, cheap);
+  if (!llama_) put(a.norm1_mean, {r}, cheap);
+  put(a.norm1_rstd, {r}, cheap);
+  put(a.qkv, {n, qkv_dim_}, all);
+  put(a.att_lse, {b, hl_, t}, cheap);
+  put(a.atty, {n, hl_ * d_}, cheap);
+  put(a.residual2, {r, c_}, all);
+  put(a.norm2, {r, c_}, cheap);
+  if (sp_) put(a.norm2_full, {n, c_}, cheap);
+  if (!llama_) put(a.norm2_mean, {r}, cheap);
+  put(a.norm2_rstd, {r}, cheap);
+  put(a.fc, {n, fc_dim_}, all);
+  put(a.act, {n, fl_}, cheap);
+}
+
+Decoder::LayerActs Decoder::Working(const LayerActs& kept) const {
+  if (recompute_ == Recompute::kNone) return kept;
+  LayerActs w = kept;
+  auto fill = [](Tensor& field, const Tensor& from) {
+    if (!field.defined()) field = from;
+  };
+  fill(w.residual, rc_.residual);
+  fill(w.norm1, rc_.norm1);
+  fill(w.norm1_full, rc_.norm1_full);
+  fill(w.norm1_mean, rc_.norm1_mean);
+  fill(w.norm1_rstd, rc_.norm1_rstd);
+  fill(w.qkv, rc_.qkv);
+  fill(w.att_lse, rc_.att_lse);
+  fill(w.atty, rc_.atty);
+  fill(w.residual2, rc_.residual2);
+  fill(w.norm2, rc_.norm2);
+  fill(w.norm2_full, rc_.norm2_full);
+  fill(w.norm2_mean, rc_.norm2_mean);
+  fill(w.norm2_rstd, rc_.norm2_rstd);
+  fill(w.fc, rc_.fc);
+  fill(w.act, rc_.act);
+  return w;
 }
 
 Decoder::ActSet* Decoder::Acquire(int chunk, int micro, int64_t b, int64_t t) {
@@ -138,6 +183,7 @@ Decoder::ActSet* Decoder::Acquire(int chunk, int micro, int64_t b, int64_t t) {
   it->second->b = b;
   it->second->t = t;
   it->second->pos0 = 0;
+  it->second->has_docs = false;
   return it->second.get();
 }
 
@@ -153,9 +199,8 @@ void Decoder::Release(int chunk, int micro) {
 void Decoder::DropActivations(int chunk, int micro) { Release(chunk, micro); }
 
 const float* Decoder::logits() const {
-  auto it = live_.find(last_whole_);
-  LATTICE_CHECK_MSG(it != live_.end(), "logits() without a Forward");
-  return it->second->logits.f32();
+  LATTICE_CHECK_MSG(logits_.defined(), "logits() without a Forward without targets");
+  return logits_.f32();
 }
 
 }  // namespace lattice

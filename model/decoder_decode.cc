@@ -31,7 +31,7 @@ void Decoder::DecodeStep(int32_t token, KvCache& cache, float* logits_out) {
   DecodeContext ctx{&cache};
   ChunkForward(0, s, nullptr, &ctx);
   HeadForward(s, kernels::ViewOf(s.residual_out), /*with_loss=*/false);
-  be_->CopyToHost(logits_out, DType::kF32, kernels::ViewOf(s.logits), vp_);
+  be_->CopyToHost(logits_out, DType::kF32, kernels::ViewOf(logits_), vp_);
   cache.len += 1;
   Release(0, kDecodeMicro);
 }

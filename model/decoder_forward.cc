@@ -74,18 +74,25 @@ void Decoder::NormForward(TensorView out, TensorView mean, TensorView rstd, Cons
 // ---- Forward -------------------------------------------------------------------------------
 
 ForwardResult Decoder::Forward(const int32_t* tokens, const int32_t* targets,
-                               const float* loss_mask, int64_t b, int64_t t) {
+                               const float* loss_mask, int64_t b, int64_t t,
+                               const int32_t* doc_starts) {
   LATTICE_CHECK_MSG(shard_.whole(), "Forward needs the whole model; use ForwardChunk");
   last_whole_ = {0, 0};
-  return ForwardChunk(0, 0, tokens, targets, loss_mask, nullptr, nullptr, b, t);
+  return ForwardChunk(0, 0, tokens, targets, loss_mask, nullptr, nullptr, b, t, doc_starts);
 }
 
 void Decoder::EmbedForward(ActSet& s, TensorView x) {
   const int64_t b = s.b, t = s.t, n = b * t;
   const TensorView tokens = ViewOf(s.tokens);
   const TensorView wpe = ends_.wpe.w;
+  // Packed examples: each example's positions start at 0 (the same single add per element).
+  const ConstView docs = s.has_docs ? ConstView(ViewOf(s.doc_starts)) : ConstView();
   if (tpn_ == 1) {
-    be_->EmbeddingForward(x, tokens, ends_.wte.w, wpe, b, t, c_, s.pos0);
+    be_->EmbeddingForward(x, tokens, ends_.wte.w, docs.present() ? TensorView() : wpe, b, t, c_,
+                          s.pos0);
+    if (docs.present() && wpe.present()) {
+      be_->PositionEmbeddingForwardDocs(x, wpe, docs, n, c_, 0, t);
+    }
     return;
   }
   // Vocab-parallel: each rank looks up the rows it holds, the partial sums are reduced.
@@ -93,20 +100,35 @@ void Decoder::EmbedForward(ActSet& s, TensorView x) {
   be_->EmbeddingShardForward(e, tokens, ends_.wte.w, tpr_ * vl_, vl_, n, c_);
   const int64_t rows = HiddenRows(b, t);
   LeaveRegion(e, x, rows);
-  if (wpe.present()) {
+  if (wpe.present() && docs.present()) {
+    be_->PositionEmbeddingForwardDocs(x, wpe, docs, rows, c_, sp_ ? tpr_ * rows : 0, t);
+  } else if (wpe.present()) {
     be_->PositionEmbeddingForward(x, wpe, rows, c_, sp_ ? tpr_ * rows : 0, t, s.pos0);
   }
+}
+
+void Decoder::AttentionCore(LayerActs& a, const ActSet& s) {
+  if (s.has_docs) {  // packed examples: document-masked
+    be_->AttentionForwardDocs(ViewOf(a.atty), ViewOf(a.att_lse), ViewOf(a.qkv),
+                              ViewOf(s.doc_starts), s.b, s.t, hl_, kl_, d_);
+    return;
+  }
+  be_->AttentionForward(ViewOf(a.atty), ViewOf(a.att_lse), ViewOf(a.qkv), s.b, s.t, hl_, kl_, d_);
 }
 
 void Decoder::Attention(LayerActs& a, int64_t l, const ActSet& s, const DecodeContext* decode) {
   const int64_t b = s.b, t = s.t;
   const TensorView qkv = ViewOf(a.qkv);
-  if (llama_) {
+  if (llama_ && s.has_docs) {  // packed examples: positions restart at every example
+    const ConstView docs = ViewOf(s.doc_starts);
+    be_->RopeForwardDocs(qkv, docs, b, t, hl_, d_, qkv_dim_, cfg_.rope_theta);
+    be_->RopeForwardDocs(qkv.Sub(hl_ * d_), docs, b, t, kl_, d_, qkv_dim_, cfg_.rope_theta);
+  } else if (llama_) {
     be_->RopeForward(qkv, b, t, hl_, d_, qkv_dim_, s.pos0, cfg_.rope_theta);
     be_->RopeForward(qkv.Sub(hl_ * d_), b, t, kl_, d_, qkv_dim_, s.pos0, cfg_.rope_theta);
   }
   if (decode == nullptr) {
-    be_->AttentionForward(ViewOf(a.atty), ViewOf(a.att_lse), qkv, b, t, hl_, kl_, d_);
+    AttentionCore(a, s);
     return;
   }
   // With a cache (one sequence): append this block's keys and values, then every query
@@ -143,8 +165,9 @@ void Decoder::LayerForward(LayerActs& a, int64_t l, const ActSet& s, TensorView 
   // The row-parallel projection: its bias is added once, after the reduction.
   be_->MatmulForward(proj_out, ViewOf(a.atty), w.proj_w.w, tp ? TensorView() : w.proj_b.w, n,
                      hl_ * d_, c_);
-  // The reduced projection: in place, except that sequence parallelism scatters it to R rows.
-  const TensorView y = sp_ ? ViewOf(dresidual_) : proj_out;
+  // The reduced projection: in place, except that sequence parallelism scatters it to R rows
+  // (into dresidual_, free in the forward; into dfull_ when the backward recomputes the layer).
+  const TensorView y = sp_ ? ViewOf(recomputing_ ? dfull_ : dresidual_) : proj_out;
   LeaveRegion(proj_out, y, rows);
   if (tp && !llama_) be_->AddRowBias(y, w.proj_b.w, rows, c_);
   be_->ResidualForward(ViewOf(a.residual2), in, y, rows * c_);
@@ -167,38 +190,66 @@ void Decoder::LayerForward(LayerActs& a, int64_t l, const ActSet& s, TensorView 
   be_->ResidualForward(out, ViewOf(a.residual2), y, rows * c_);
 }
 
+void Decoder::Classify(ActSet& s, ConstView xn, bool train, float dloss,
+                       kernels::DeviceScalars& acc, int slot) {
+  const int64_t n = s.b * s.t;
+  kernels::ClassifierArgs args;
+  args.n = n;
+  args.c = c_;
+  args.v = v_;
+  args.rows = vl_;
+  args.row_begin = tpr_ * vl_;
+  args.chunk_tokens = cls_chunk_;
+  args.dloss = dloss;
+  // Vocab-parallel: each chunk's row maxima and (exp-sum, target logit) pairs are reduced over
+  // the tensor-parallel group, in the same order on every rank.
+  kernels::ClassifierAllReduce reduce;
+  if (tpn_ > 1) {
+    reduce = [this](float* data, int64_t count, kernels::ClassifierReduceOp op) {
+      if (op == kernels::ClassifierReduceOp::kMax) {
+        tp_->AllReduceMax(data, count);
+      } else {
+        tp_->AllReduceSum(data, count);
+      }
+    };
+  }
+  const ConstView targets = ViewOf(s.targets);
+  const ConstView mask = s.has_mask ? ConstView(ViewOf(s.mask)) : ConstView();
+  if (train) {
+    be_->ClassifierForwardBackward(ViewOf(s.dhead), ends_.head.g, ViewOf(cls_scratch_), xn,
+                                   ends_.head.w, targets, mask, args, reduce, acc, slot);
+  } else {
+    be_->ClassifierForward(ViewOf(cls_scratch_), xn, ends_.head.w, targets, mask, args, reduce,
+                           acc, slot);
+  }
+}
+
 ForwardResult Decoder::HeadForward(ActSet& s, ConstView x, bool with_loss) {
   const int64_t n = s.b * s.t, rows = HiddenRows(s.b, s.t);
   NormForward(ViewOf(s.normf), ViewOf(s.normf_mean), ViewOf(s.normf_rstd), x, ends_.norm_f_w,
               ends_.norm_f_b, rows);
   const ConstView xn = EnterRegion(ViewOf(s.normf), ViewOf(s.normf_full), rows);
-  const TensorView logits = ViewOf(s.logits);
-  be_->MatmulForward(logits, xn, ends_.head.w, ConstView(), n, c_, vl_);
   ForwardResult r;
-  if (!with_loss) return r;
-  const TensorView targets = ViewOf(s.targets);
-  const ConstView mask = s.has_mask ? ConstView(ViewOf(s.mask)) : ConstView();
-  const TensorView losses = ViewOf(dnorm_).Sub(0, n);  // (N) of scratch, free during forward
-  if (tpn_ == 1) {
-    // The logits become the softmax probabilities, which HeadBackward turns into the gradient.
-    be_->CrossEntropyForwardProbs(losses, logits, targets, mask, n, v_, vp_);
-  } else {
-    // Vocab-parallel cross-entropy: no rank ever holds a full row of logits.
-    const int64_t begin = tpr_ * vl_;
-    const TensorView row_max = ViewOf(s.row_max), sum_exp = ViewOf(s.sum_exp),
-                     tlogit = ViewOf(s.tlogit);
-    be_->CrossEntropyShardMax(row_max, logits, n, vl_, begin, v_);
-    tp_->AllReduceMax(row_max.f32(), n);
-    be_->CrossEntropyShardStats(sum_exp, tlogit, logits, targets, row_max, n, vl_, begin, v_);
-    tp_->AllReduceSum(sum_exp.f32(), n);
-    tp_->AllReduceSum(tlogit.f32(), n);
-    be_->CrossEntropyShardLoss(losses, row_max, sum_exp, tlogit, targets, mask, n);
+  if (!with_loss) {
+    // The logits are the output (eval --dump-logits, generate): the only place they are whole.
+    if (!logits_.defined()) {
+      const int64_t numel = batch_ * cfg_.seq_len * vl_;
+      logits_arena_ = std::make_unique<kernels::Arena>(
+          *be_, kernels::Arena::AlignedBytes(numel, DType::kF32));
+      logits_ = logits_arena_->Allocate({batch_ * cfg_.seq_len, vl_}, DType::kF32);
+    }
+    be_->MatmulForward(ViewOf(logits_), xn, ends_.head.w, ConstView(), n, c_, vl_);
+    return r;
   }
+  // The fused classifier (kernels/classifier.h): no (N, Vp) logits are kept. In training
+  // (set_head_loss_gradient) it makes the head's gradients now, keeping the (N, C) dhead.
+  s.head_grads = head_dloss_.has_value();
+  s.head_dloss = head_dloss_.value_or(0.0f);
   if (loss_acc_ != nullptr) {
-    be_->AccumulateSum(*loss_acc_, loss_slot_, losses);  // read once per step by the caller
+    Classify(s, xn, s.head_grads, s.head_dloss, *loss_acc_, loss_slot_);  // read once per step
   } else {
     be_->ZeroScalars(*loss_scalars_);
-    be_->AccumulateSum(*loss_scalars_, 0, losses);
+    Classify(s, xn, s.head_grads, s.head_dloss, *loss_scalars_, 0);
     be_->ReadScalars(*loss_scalars_, &r.loss_sum);
   }
   return r;
@@ -218,13 +269,15 @@ void Decoder::ChunkForward(int chunk, ActSet& s, const float* input,
   for (size_t i = 0; i < layers.size(); ++i) {
     const TensorView out =
         i + 1 < layers.size() ? ViewOf(s.layers[i + 1].residual) : ViewOf(s.residual_out);
-    LayerForward(s.layers[i], layers[i], s, out, decode);
+    LayerActs work = Working(s.layers[i]);  // recomputable fields go to rc_
+    LayerForward(work, layers[i], s, out, decode);
   }
 }
 
 ForwardResult Decoder::ForwardChunk(int chunk, int micro, const int32_t* tokens,
                                     const int32_t* targets, const float* loss_mask,
-                                    const float* input, float* output, int64_t b, int64_t t) {
+                                    const float* input, float* output, int64_t b, int64_t t,
+                                    const int32_t* doc_starts) {
   LATTICE_CHECK(chunk >= 0 && chunk < num_chunks());
   LATTICE_CHECK(b >= 1 && b <= batch_ && t >= 1 && t <= cfg_.seq_len);
   LATTICE_CHECK_MSG(!sp_ || (b * t) % tpn_ == 0, "sequence parallel needs b*t % tp == 0");
@@ -232,6 +285,8 @@ ForwardResult Decoder::ForwardChunk(int chunk, int micro, const int32_t* tokens,
   ActSet& s = *Acquire(chunk, micro, b, t);
   const bool head = ChunkHasHead(chunk);
   if (tokens != nullptr) be_->CopyFromHost(ViewOf(s.tokens), tokens, DType::kI32, n);
+  s.has_docs = doc_starts != nullptr;
+  if (s.has_docs) be_->CopyFromHost(ViewOf(s.doc_starts), doc_starts, DType::kI32, n);
   s.has_mask = head && loss_mask != nullptr;
   if (head && targets != nullptr) {
     be_->CopyFromHost(ViewOf(s.targets), targets, DType::kI32, n);

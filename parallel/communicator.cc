@@ -1,14 +1,17 @@
 #include "parallel/communicator.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "runtime/status.h"
 
 namespace lattice {
@@ -419,13 +422,38 @@ absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Split(int color, int
   }
   absl::StatusOr<std::unique_ptr<Communicator>> c = DoSplit(color, key);
   if (!c.ok()) return Context(c.status(), what);
+  if (*c != nullptr) {
+    (*c)->set_name(absl::StrCat(name_, "/split"));
+    (*c)->set_timeout(timeout_);
+  }
   return c;
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> Communicator::SplitByNode() {
   absl::StatusOr<std::unique_ptr<Communicator>> c = DoSplitByNode();
   if (!c.ok()) return Context(c.status(), "SplitByNode");
+  (*c)->set_name(absl::StrCat(name_, "/node"));
+  (*c)->set_timeout(timeout_);
   return c;
+}
+
+// ---- Timeouts --------------------------------------------------------------------------------
+
+absl::StatusOr<CommTimeout> ApplyCommTimeoutEnv(CommTimeout configured, const char* value) {
+  if (value == nullptr) return configured;
+  double seconds = 0;
+  if (!absl::SimpleAtod(absl::StripAsciiWhitespace(value), &seconds) || !(seconds > 0) ||
+      !std::isfinite(seconds)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "environment variable LATTICE_COMM_TIMEOUT_S=\"", value,
+        "\" is not a number of seconds > 0 (it overrides parallel.timeout_seconds)"));
+  }
+  configured.seconds = seconds;
+  return configured;
+}
+
+absl::StatusOr<CommTimeout> ApplyCommTimeoutEnv(CommTimeout configured) {
+  return ApplyCommTimeoutEnv(configured, std::getenv("LATTICE_COMM_TIMEOUT_S"));
 }
 
 // ---- Default non-blocking forms: run blocking ------------------------------------------------

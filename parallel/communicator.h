@@ -7,7 +7,10 @@
 //
 // Rules every implementation keeps:
 // - Every call returns absl::Status; nothing here exits or aborts except Abort(), which only
-//   main() calls (through AbortWorld). Library code propagates errors and lets main decide.
+//   main() calls (through AbortWorld), and an operation that runs past timeout() (CommTimeout):
+//   by default that one ends the job itself, because the caller cannot recover (the buffers are
+//   still in MPI's hands, and unwinding would run destructors that wait on more operations with
+//   the same dead peer). docs/hangs.md.
 // - Collectives are called by every rank of the group, in the same order, with matching
 //   counts and types. A mismatch is a caller bug that MPI may or may not detect.
 // - One thread at a time per communicator (MPI is initialised THREAD_FUNNELED).
@@ -132,6 +135,41 @@ struct CommVolume {
   static CommVolume Between(const CommCounters& before, const CommCounters& after);
 };
 
+// ---- Timeouts (docs/hangs.md) ----
+
+// Exit status of a job ended by a communicator timeout: 124, as timeout(1) exits when the
+// command it runs ran out of time.
+inline constexpr int kCommTimeoutExitCode = 124;
+// How long one operation waits for the other ranks by default: 5 minutes. Megatron's
+// --distributed-timeout-minutes and PyTorch's NCCL process groups default to 10; lattice's
+// longest legitimate wait is a rank writing a synchronous checkpoint shard, and a job stuck on a
+// dead peer should not burn a whole 10 minutes of a cluster allocation before saying so.
+inline constexpr double kDefaultCommTimeoutSeconds = 300;
+// How long MPI_Abort may take before the watchdog ends the process (parallel/watchdog.h): Open
+// MPI tears a job down in about a second here (tests/parallel/world_abort_test.cc); 30 s also
+// covers mpirun's SIGTERM-then-SIGKILL sequence on a loaded node.
+inline constexpr double kDefaultAbortWatchdogSeconds = 30;
+
+// How long a communicator waits for one operation and what it does when the time runs out.
+// Every communicator split from this one inherits it.
+struct CommTimeout {
+  double seconds = kDefaultCommTimeoutSeconds;  // parallel.timeout_seconds
+  // true (what lattice's binaries use): print the report on this rank and end the job with
+  // MPI_Abort and kCommTimeoutExitCode. false: return kDeadlineExceeded with the report (for
+  // tests of the report; the communicator refuses every later operation, and the buffers of the
+  // operation that timed out must stay alive until the communicator is destroyed).
+  bool abort = true;
+  double abort_watchdog_seconds = kDefaultAbortWatchdogSeconds;  // parallel.abort_watchdog_seconds
+  bool operator==(const CommTimeout&) const = default;
+};
+
+// `configured` with its seconds replaced by the environment variable LATTICE_COMM_TIMEOUT_S when
+// that is set (it overrides parallel.timeout_seconds). `value` is the variable's value (null:
+// unset); the one-argument form reads the process environment. A value that is not a number > 0
+// is kInvalidArgument naming the variable and the value.
+absl::StatusOr<CommTimeout> ApplyCommTimeoutEnv(CommTimeout configured, const char* value);
+absl::StatusOr<CommTimeout> ApplyCommTimeoutEnv(CommTimeout configured);
+
 // Handle of a non-blocking operation.
 class Work {
  public:
@@ -162,6 +200,16 @@ class Communicator {
   virtual int size() const = 0;
   // "self", "mpi", ...
   virtual absl::string_view kind() const = 0;
+  // What the group is, for messages: "world", "tp", "dp", "pp", ... (SplitGrid names the grid's
+  // groups; other splits are "<parent>/split").
+  const std::string& name() const { return name_; }
+  void set_name(std::string name) {
+    name_ = std::move(name);
+    NameChanged();
+  }
+  // The deadline of every operation (MpiCommunicator; a world of one never waits).
+  const CommTimeout& timeout() const { return timeout_; }
+  void set_timeout(const CommTimeout& t) { timeout_ = t; }
   // Where the buffers of every call must live. Raw pointers are not checked; the Tensor
   // overloads are.
   virtual DeviceType buffer_device() const = 0;
@@ -201,7 +249,7 @@ class Communicator {
   absl::StatusOr<std::unique_ptr<Work>> IRecv(void* buf, size_t count, CommType type, int src,
                                               int tag);
 
-  // ---- New communicators (collective over this one; not counted). ----
+  // ---- New communicators (collective over this one; not counted). They inherit timeout(). ----
 
   // Ranks passing the same color form one communicator, ordered by (key, old rank). A rank
   // passing kNoColor gets nullptr. Colors are otherwise >= 0.
@@ -287,6 +335,8 @@ class Communicator {
                                                         int src, int tag);
   virtual absl::StatusOr<std::unique_ptr<Communicator>> DoSplit(int color, int key) = 0;
   virtual absl::StatusOr<std::unique_ptr<Communicator>> DoSplitByNode() = 0;
+  // After set_name (implementations that keep a copy of the name for their reports).
+  virtual void NameChanged() {}
 
  private:
   absl::Status GatherSizeError(size_t chunk, size_t full) const;
@@ -303,6 +353,8 @@ class Communicator {
   absl::Status Context(absl::Status s, absl::string_view what) const;
 
   CommCounters counters_;
+  std::string name_ = "world";
+  CommTimeout timeout_;
 };
 
 // A world of one: collectives are copies or no-ops, and Send/Recv to rank 0 (itself) go

@@ -9,23 +9,31 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/backend.h"
 #include "parallel/launch_env.h"
+#include "runtime/profiler.h"
 #include "runtime/status.h"
 #include "runtime/system.h"
 
 namespace lattice {
 
 // ---- Tensor-parallel ops over a communicator ----------------------------------------------
+// The "phase.*" profiler scopes of this file time a step's phases for `lattice bench`
+// (launcher/bench_command.cc); off unless profiling (one relaxed atomic load each). Phases nest:
+// tp_comm runs inside forward and backward, dp_param_gather_wait inside optimizer.
 
 void CommTensorParallelOps::AllReduceSum(float* buf, int64_t n) {
+  profiler::Scope phase("phase.tp_comm", profiler::Category::kPhase);
   if (status_.ok()) status_ = comm_.AllReduce(buf, n, CommType::kF32, ReduceOp::kSum);
 }
 void CommTensorParallelOps::AllReduceMax(float* buf, int64_t n) {
+  profiler::Scope phase("phase.tp_comm", profiler::Category::kPhase);
   if (status_.ok()) status_ = comm_.AllReduce(buf, n, CommType::kF32, ReduceOp::kMax);
 }
 void CommTensorParallelOps::AllGather(const float* in, float* out, int64_t n_per_rank) {
+  profiler::Scope phase("phase.tp_comm", profiler::Category::kPhase);
   if (status_.ok()) status_ = comm_.AllGather(in, out, n_per_rank, CommType::kF32);
 }
 void CommTensorParallelOps::ReduceScatter(const float* in, float* out, int64_t n_per_rank) {
+  profiler::Scope phase("phase.tp_comm", profiler::Category::kPhase);
   if (status_.ok()) {
     status_ = comm_.ReduceScatter(in, out, n_per_rank, CommType::kF32, ReduceOp::kSum);
   }
@@ -81,7 +89,8 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(
   e->plan_ = *plan;
   if (g.tp_size() > 1) e->tp_ops_ = std::make_unique<CommTensorParallelOps>(*e->comms_.tp);
   LATTICE_ASSIGN_OR_RETURN(e->model_, Decoder::Create(cfg.model, cfg.train.micro_batch_size,
-                                                      shard, e->tp_ops_.get()));
+                                                      shard, e->tp_ops_.get(),
+                                                      DecoderOptions::From(cfg.train)));
   e->model_->InitializeWeights(cfg.train.seed);
   // The activation arena holds the schedule's peak from the start: no step allocates.
   e->model_->ReserveActivations(e->plan_.activations_peak);
@@ -184,7 +193,8 @@ absl::StatusOr<EngineMemory> ParallelEngine::PlanMemory(const Config& cfg, const
                                                         int micro_batches,
                                                         int64_t bucket_bytes) {
   LATTICE_ASSIGN_OR_RETURN(DecoderMemory d,
-                           Decoder::PlanMemory(cfg.model, cfg.train.micro_batch_size, shard));
+                           Decoder::PlanMemory(cfg.model, cfg.train.micro_batch_size, shard,
+                                               DecoderOptions::From(cfg.train)));
   EngineMemory m;
   m.params = d.params;
   m.grads = d.grads;
@@ -322,6 +332,23 @@ absl::Status ValidateTokenBatches(const std::vector<TokenBatch>& batches, const 
       }
       count += mb.targets[k] >= 0 ? 1 : 0;
     }
+    // Packed examples (runtime/data/sft.h): each row a sequence of contiguous runs.
+    if (!mb.doc_starts.empty()) {
+      if (mb.doc_starts.size() != n) {
+        return absl::InvalidArgumentError(absl::StrCat(where, "has ", mb.doc_starts.size(),
+                                                       " doc_starts for ", n, " tokens"));
+      }
+      for (int64_t r = 0; r < mb.b; ++r) {
+        const int32_t* ds = mb.doc_starts.data() + r * mb.t;
+        for (int64_t i = 0; i < mb.t; ++i) {
+          if (ds[i] != i && (i == 0 || ds[i] != ds[i - 1])) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                where, "doc_starts[", r, "][", i, "] = ", ds[i], " neither starts an example at ",
+                i, " nor continues the one at ", i == 0 ? 0 : ds[i - 1]));
+          }
+        }
+      }
+    }
   }
   *tokens = count;
   return absl::OkStatus();
@@ -331,6 +358,13 @@ absl::Status ParallelEngine::CheckBatches(const std::vector<TokenBatch>& batches
                                           int64_t* tokens) const {
   LATTICE_RETURN_IF_ERROR(ValidateTokenBatches(batches, cfg_.model, cfg_.train.micro_batch_size,
                                                grid_.dp_rank(), tokens));
+  for (const TokenBatch& b : batches) {
+    if (!b.doc_starts.empty() && !model_->backend().SupportsDocumentMasking()) {
+      return absl::UnimplementedError(
+          "packed examples (data.pack=true) need document-masked attention, which this "
+          "backend does not implement yet; set data.pack=false");
+    }
+  }
   if (cfg_.parallel.sequence_parallel && grid_.tp_size() > 1) {
     for (const TokenBatch& b : batches) {
       if ((b.b * b.t) % grid_.tp_size() != 0) {
@@ -360,6 +394,9 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
   const int m_count = static_cast<int>(batches.size());
   const int64_t c = cfg_.model.d_model;
   Decoder& model = *model_;
+  // Training: the head computes its gradients in the forward (the fused classifier); an
+  // evaluation must leave them alone.
+  model.set_head_loss_gradient(train ? std::optional<float>(dloss) : std::nullopt);
   std::vector<PipeAction> actions;
   if (train) {
     LATTICE_ASSIGN_OR_RETURN(actions, BuildPipelineSchedule(cfg_.parallel.schedule, pp, vpp_, s,
@@ -390,6 +427,7 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
       const bool last = model.ChunkHasHead(a.chunk);
       if (!first) {
         in.resize(rows * c);
+        profiler::Scope phase("phase.pipeline_wait", profiler::Category::kPhase);
         LATTICE_RETURN_IF_ERROR(Annotate(
             ppc->Recv(in.data(), in.size(), CommType::kF32, prev, 2 * v),
             absl::StrCat("pipeline: receiving activations of micro-batch ", a.micro_batch)));
@@ -397,9 +435,14 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
       PendingSend out;
       if (!last) out.buf.resize(rows * c);
       // The head adds the loss sum to step_scalars_ slot 0 (set_loss_accumulator).
-      model.ForwardChunk(a.chunk, a.micro_batch, mb.inputs.data(), mb.targets.data(), nullptr,
-                         first ? nullptr : in.data(), last ? nullptr : out.buf.data(), mb.b,
-                         mb.t);
+      {
+        profiler::Scope phase("phase.forward", profiler::Category::kPhase);
+        // Packed examples: every stage reads the segments with the tokens (each rank holds
+        // its data-parallel rank's micro-batches), so every layer masks by document.
+        model.ForwardChunk(a.chunk, a.micro_batch, mb.inputs.data(), mb.targets.data(), nullptr,
+                           first ? nullptr : in.data(), last ? nullptr : out.buf.data(), mb.b,
+                           mb.t, mb.doc_starts.empty() ? nullptr : mb.doc_starts.data());
+      }
       LATTICE_RETURN_IF_ERROR(Annotate(tp_status(), "tensor-parallel forward"));
       if (!last) {
         LATTICE_ASSIGN_OR_RETURN(
@@ -412,6 +455,7 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
       const bool last = model.ChunkHasHead(a.chunk);
       if (!last) {
         in.resize(rows * c);
+        profiler::Scope phase("phase.pipeline_wait", profiler::Category::kPhase);
         LATTICE_RETURN_IF_ERROR(Annotate(
             ppc->Recv(in.data(), in.size(), CommType::kF32, next, 2 * v + 1),
             absl::StrCat("pipeline: receiving gradients of micro-batch ", a.micro_batch)));
@@ -426,8 +470,11 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
         model.set_grad_ready_callback(
             [this](int64_t begin, int64_t end) { reducer_->OnGradsReady(begin, end); });
       }
-      model.BackwardChunk(a.chunk, a.micro_batch, dloss, last ? nullptr : in.data(),
-                          first ? nullptr : out.buf.data());
+      {
+        profiler::Scope phase("phase.backward", profiler::Category::kPhase);
+        model.BackwardChunk(a.chunk, a.micro_batch, dloss, last ? nullptr : in.data(),
+                            first ? nullptr : out.buf.data());
+      }
       if (overlap) model.set_grad_ready_callback(nullptr);
       LATTICE_RETURN_IF_ERROR(Annotate(tp_status(), "tensor-parallel backward"));
       if (!first) {
@@ -438,10 +485,12 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
     }
     // Completed sends free their buffers as we go.
     while (!sends.empty() && sends.size() > 8) {
+      profiler::Scope phase("phase.pipeline_wait", profiler::Category::kPhase);
       LATTICE_RETURN_IF_ERROR(sends.front().work->Wait());
       sends.pop_front();
     }
   }
+  profiler::Scope phase("phase.pipeline_wait", profiler::Category::kPhase);
   for (PendingSend& p : sends) LATTICE_RETURN_IF_ERROR(p.work->Wait());
   return absl::OkStatus();
 }
@@ -450,6 +499,7 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
 
 absl::Status ParallelEngine::SyncTensorParallelGrads() {
   if (grid_.tp_size() == 1) return absl::OkStatus();
+  profiler::Scope phase("phase.grad_sync", profiler::Category::kPhase);
   Communicator& tp = *comms_.tp;
   const ParameterSet& params = model_->params();
   kernels::Backend& be = model_->backend();
@@ -508,6 +558,7 @@ absl::Status ParallelEngine::SyncEmbeddingGrads() {
     return absl::OkStatus();
   }
   const Parameter& wte = model_->params().Get("wte");
+  profiler::Scope phase("phase.grad_sync", profiler::Category::kPhase);
   return Annotate(comms_.embedding->AllReduce(wte.grad, ReduceOp::kSum),
                   "tied embedding gradient all-reduce (first and last pipeline stage)");
 }
@@ -580,16 +631,21 @@ absl::StatusOr<EngineStepResult> ParallelEngine::ForwardBackward(
     // The tensor-parallel and embedding syncs come first; then the whole buffer is ready.
     LATTICE_RETURN_IF_ERROR(SyncTensorParallelGrads());
     LATTICE_RETURN_IF_ERROR(SyncEmbeddingGrads());
+    profiler::Scope phase("phase.dp_grad_reduce_exposed", profiler::Category::kPhase);
     reducer_->Begin(params.flat_grads().f32());
     reducer_->OnGradsReady(0, params.numel());
   }
-  LATTICE_RETURN_IF_ERROR(Annotate(reducer_->Finish(), "data parallel gradient reduction"));
+  {
+    profiler::Scope phase("phase.dp_grad_reduce_exposed", profiler::Category::kPhase);
+    LATTICE_RETURN_IF_ERROR(Annotate(reducer_->Finish(), "data parallel gradient reduction"));
+  }
   res.buckets = reducer_->stats().buckets;
   res.overlapped_buckets = reducer_->stats().overlapped;
 
   // The loss comes from the last stage's first tensor-parallel rank of every dp rank; the norm
   // from every rank's owned elements. Summed in rank order, every rank sees the same bits.
   // Both stayed on the device until this one read.
+  profiler::Scope norm_phase("phase.loss_and_norm", profiler::Category::kPhase);
   AccumulateOwnedSumOfSquares(1);
   double device_sums[2];
   be.ReadScalars(*step_scalars_, device_sums);
@@ -602,6 +658,7 @@ absl::StatusOr<EngineStepResult> ParallelEngine::ForwardBackward(
 }
 
 absl::Status ParallelEngine::UpdateParameters(float lr, float clip) {
+  profiler::Scope phase("phase.optimizer", profiler::Category::kPhase);
   ParameterSet& params = model_->params();
   kernels::Backend& be = model_->backend();
   float* values = params.flat_values().f32();
@@ -641,7 +698,11 @@ absl::Status ParallelEngine::UpdateParameters(float lr, float clip) {
       error = Annotate(w.status(), absl::StrCat("parameter all-gather of bucket ", i));
     }
   }
-  absl::Status waited = WaitAll(works);
+  absl::Status waited;
+  {
+    profiler::Scope wait_phase("phase.dp_param_gather_wait", profiler::Category::kPhase);
+    waited = WaitAll(works);
+  }
   if (!error.ok()) return error;
   LATTICE_RETURN_IF_ERROR(waited);
   for (size_t i = 0; i < layout_.buckets.size(); ++i) {
@@ -833,6 +894,18 @@ CommVolume ParallelEngine::ExpectedStepVolume(const std::vector<TokenBatch>& bat
             add(v.all_reduce, AllReduceWireBytes(act, tp));  // forward leave
             add(v.all_reduce, AllReduceWireBytes(act, tp));  // backward enter
           }
+          // train.recompute in the backward: full repeats the forward's enter and leave,
+          // selective the enter (the norm's all-gather; the identity without sp).
+          if (model.recompute() == Recompute::kFull) {
+            if (sp) {
+              add(v.all_gather, AllGatherWireBytes(act, tp));
+              add(v.reduce_scatter, ReduceScatterWireBytes(act, tp));
+            } else {
+              add(v.all_reduce, AllReduceWireBytes(act, tp));
+            }
+          } else if (model.recompute() == Recompute::kSelective && sp) {
+            add(v.all_gather, AllGatherWireBytes(act, tp));
+          }
         }
       }
       if (model.ChunkHasEmbedding(ch)) {
@@ -850,8 +923,13 @@ CommVolume ParallelEngine::ExpectedStepVolume(const std::vector<TokenBatch>& bat
         } else {
           add(v.all_reduce, AllReduceWireBytes(act, tp));
         }
-        // Vocab-parallel cross-entropy: max, sum of exponentials, target logit.
-        for (int k = 0; k < 3; ++k) add(v.all_reduce, AllReduceWireBytes(4 * n, tp));
+        // The fused vocab-parallel classifier, per chunk of m rows: the rows' maxima, then
+        // their exp-sums and target logits in one call (kernels/classifier.h).
+        for (int64_t first = 0; first < n; first += model.classifier_chunk()) {
+          const int64_t m = std::min(model.classifier_chunk(), n - first);
+          add(v.all_reduce, AllReduceWireBytes(4 * m, tp));
+          add(v.all_reduce, AllReduceWireBytes(8 * m, tp));
+        }
       }
     }
   }

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdlib>
 #include <utility>
@@ -219,6 +220,80 @@ absl::StatusOr<LaunchEnv> DiscoverLaunchEnv(Communicator& world, const EnvLookup
 
 absl::StatusOr<LaunchEnv> DiscoverLaunchEnv(Communicator& world) {
   return DiscoverLaunchEnv(world, ProcessEnv());
+}
+
+// ---- Device selection ---------------------------------------------------------------------
+
+std::string DeviceAssignment::ToString() const {
+  if (device < 0) return "cpu";
+  std::string s = absl::StrCat("device ", device, " (");
+  if (!physical.empty()) absl::StrAppend(&s, "CUDA_VISIBLE_DEVICES entry ", physical, "; ");
+  absl::StrAppend(&s, source, ")");
+  return s;
+}
+
+absl::StatusOr<DeviceAssignment> AssignDevice(int local_rank, int visible_devices,
+                                              const EnvLookup& env) {
+  if (local_rank < 0) {
+    return absl::FailedPreconditionError(
+        "the local rank is unknown (no OMPI_COMM_WORLD_LOCAL_RANK or SLURM_LOCALID): complete "
+        "the launch environment with DiscoverLaunchEnv before choosing a device");
+  }
+  DeviceAssignment a;
+  a.visible = std::max(visible_devices, 0);
+  std::vector<std::string> cvd;
+  const std::optional<std::string> cvd_text = env("CUDA_VISIBLE_DEVICES");
+  if (cvd_text.has_value()) {
+    for (absl::string_view item : absl::StrSplit(*cvd_text, ',', absl::SkipWhitespace())) {
+      cvd.push_back(std::string(absl::StripAsciiWhitespace(item)));
+    }
+    if (a.visible > 0 && static_cast<int>(cvd.size()) != a.visible) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "CUDA_VISIBLE_DEVICES=\"", *cvd_text, "\" lists ", cvd.size(),
+          " devices but the backend sees ", a.visible));
+    }
+  }
+  LATTICE_ASSIGN_OR_RETURN(std::optional<int> forced, IntVar(env, "LATTICE_DEVICE", 0));
+  if (a.visible == 0) {
+    // The CPU backend: no device to choose (LATTICE_DEVICE is checked, then has nothing to pick).
+    a.source = forced.has_value() ? "LATTICE_DEVICE set, but the backend has no devices"
+                                  : "no devices";
+    return a;
+  }
+  if (forced.has_value()) {
+    if (*forced >= a.visible) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "environment variable LATTICE_DEVICE=", *forced, " is not below the ", a.visible,
+          " visible devices"));
+    }
+    a.device = *forced;
+    a.source = absl::StrCat("LATTICE_DEVICE=", *forced);
+  } else {
+    a.device = local_rank % a.visible;
+    a.source = absl::StrCat("local rank ", local_rank, " mod ", a.visible, " visible devices");
+  }
+  if (!cvd.empty()) a.physical = cvd[static_cast<size_t>(a.device)];
+  return a;
+}
+
+absl::StatusOr<std::string> DescribeNodeDevices(const LaunchEnv& launch, int visible_devices,
+                                                const EnvLookup& env) {
+  const int local_size = launch.local_size > 0 ? launch.local_size : 1;
+  std::string s = absl::StrCat("host ", launch.hostname.empty() ? "?" : launch.hostname, ": ",
+                               local_size, " local rank", local_size == 1 ? "" : "s", ", ");
+  if (visible_devices <= 0) {
+    LATTICE_ASSIGN_OR_RETURN(DeviceAssignment a, AssignDevice(0, visible_devices, env));
+    absl::StrAppend(&s, "CPU backend (no devices): every local rank -> ", a.ToString());
+    return s;
+  }
+  absl::StrAppend(&s, visible_devices, " visible device", visible_devices == 1 ? "" : "s", ":");
+  for (int r = 0; r < local_size; ++r) {
+    LATTICE_ASSIGN_OR_RETURN(DeviceAssignment a, AssignDevice(r, visible_devices, env));
+    absl::StrAppend(&s, r == 0 ? " local rank " : ", ", r, " -> device ", a.device);
+    if (!a.physical.empty()) absl::StrAppend(&s, " (CUDA_VISIBLE_DEVICES entry ", a.physical, ")");
+  }
+  if (env("LATTICE_DEVICE").has_value()) absl::StrAppend(&s, " (LATTICE_DEVICE)");
+  return s;
 }
 
 }  // namespace lattice

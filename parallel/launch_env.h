@@ -77,6 +77,43 @@ absl::StatusOr<LaunchEnv> ReadLaunchEnv();  // ReadLaunchEnv(ProcessEnv())
 absl::StatusOr<LaunchEnv> DiscoverLaunchEnv(Communicator& world, const EnvLookup& env);
 absl::StatusOr<LaunchEnv> DiscoverLaunchEnv(Communicator& world);
 
+// ---- Device selection (REFERENCE.md section 1: one rank per GPU, chosen by local rank) ----
+
+// The device one rank drives.
+struct DeviceAssignment {
+  int device = -1;   // index among the devices visible to the rank; -1: none (CPU backend)
+  int visible = 0;   // devices visible to the rank
+  // Why this device: "local rank 5 mod 4 visible devices" or "LATTICE_DEVICE=1".
+  std::string source;
+  // The CUDA_VISIBLE_DEVICES entry of `device` when that variable is set (Slurm's gres sets it
+  // per job or per task), else empty.
+  std::string physical;
+
+  // "cpu" without a device, else "device 1 (CUDA_VISIBLE_DEVICES entry 3; local rank 5 mod 4
+  // visible devices)".
+  std::string ToString() const;
+};
+
+// Picks the device of the rank at `local_rank`: LATTICE_DEVICE when set (an index among the
+// visible devices, for a user who maps ranks by hand), else local_rank modulo the visible
+// device count, so that the ranks of a node spread over its devices and wrap around when there
+// are more ranks than devices. `visible_devices` is the count the backend sees (the CUDA
+// runtime's count already honours CUDA_VISIBLE_DEVICES; 0 for the CPU backend, which gets no
+// device: "cpu"). kInvalidArgument for a LATTICE_DEVICE that is not an integer in
+// [0, visible_devices), or a CUDA_VISIBLE_DEVICES whose entry count disagrees with a non-zero
+// visible_devices (a rank would drive another rank's GPU); kFailedPrecondition when local_rank
+// is unknown (< 0: use DiscoverLaunchEnv).
+absl::StatusOr<DeviceAssignment> AssignDevice(int local_rank, int visible_devices,
+                                              const EnvLookup& env);
+
+// The line the first rank of a node prints about the node's mapping, every local rank's device
+// computed as AssignDevice does with this rank's environment (the same on every rank of a node
+// under mpirun and srun):
+//   "host n1: 4 local ranks, 2 visible devices: local rank 0 -> device 0, 1 -> device 1, ..."
+//   "host n1: 4 local ranks, CPU backend (no devices): every local rank -> cpu"
+absl::StatusOr<std::string> DescribeNodeDevices(const LaunchEnv& launch, int visible_devices,
+                                                const EnvLookup& env);
+
 }  // namespace lattice
 
 #endif  // LATTICE_PARALLEL_LAUNCH_ENV_H_

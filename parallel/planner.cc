@@ -97,17 +97,19 @@ std::vector<int64_t> Divisors(int64_t n) {
 
 // Parameters of one rank of the layout (tp rank 0, dp rank 0, pipeline stage `stage`), counted
 // by lattice's own decoder for that rank's shard.
-absl::StatusOr<double> StageParameters(const Config& cfg, int64_t world, int64_t stage) {
+absl::StatusOr<ProcessGrid> StageGrid(const Config& cfg, int64_t world, int64_t stage) {
   const ParallelConfig& p = cfg.parallel;
   LATTICE_ASSIGN_OR_RETURN(ProcessGrid g0, ProcessGrid::Create(static_cast<int>(world), 0,
                                                                static_cast<int>(p.tp),
                                                                static_cast<int>(p.pp),
                                                                static_cast<int>(p.dp)));
   const int rank = g0.RankOf(0, 0, static_cast<int>(stage));
-  LATTICE_ASSIGN_OR_RETURN(ProcessGrid g, ProcessGrid::Create(static_cast<int>(world), rank,
-                                                              static_cast<int>(p.tp),
-                                                              static_cast<int>(p.pp),
-                                                              static_cast<int>(p.dp)));
+  return ProcessGrid::Create(static_cast<int>(world), rank, static_cast<int>(p.tp),
+                             static_cast<int>(p.pp), static_cast<int>(p.dp));
+}
+
+absl::StatusOr<double> StageParameters(const Config& cfg, int64_t world, int64_t stage) {
+  LATTICE_ASSIGN_OR_RETURN(ProcessGrid g, StageGrid(cfg, world, stage));
   const ModelShard shard = ParallelEngine::ShardFor(cfg, g);
   LATTICE_ASSIGN_OR_RETURN(DecoderMemory mem, Decoder::PlanMemory(cfg.model, 1, shard));
   return static_cast<double>(mem.params) / sizeof(float);
@@ -165,7 +167,170 @@ absl::StatusOr<Peaks> PipelinePeaks(PipelineSchedule kind, int64_t pp, int64_t v
   return out;
 }
 
+
+// Bytes of the fp32 tensors one layer stores for its backward, per micro-batch (the GPU
+// count's tensors at 4 bytes: norm and GEMM inputs, Q, K, V, attention output, the MLP's).
+double CpuLayerActivationBytes(const ModelConfig& m, double b, double t, bool sp) {
+  const double sbh = static_cast<double>(m.seq_len) * b * static_cast<double>(m.d_model);
+  const double kv_ratio = static_cast<double>(m.kv_heads()) / static_cast<double>(m.n_head);
+  const double mlp_units =
+      (m.arch == Arch::kLlama ? 3.0 : 2.0) * static_cast<double>(m.ff_dim()) / static_cast<double>(m.d_model);
+  return 4 * (4 * sbh / (sp ? t : 1) + sbh * (2 + 2 * kv_ratio + mlp_units) / t);
+}
+
+// The classifier's element-wise bytes per micro-batch: the fp32 logits written and read by the
+// loss, its softmax written in place and read by the backward (2 passes of 8 bytes).
+double CpuClassifierBytes(const ModelConfig& m, double b, double t) {
+  return kForwardTrafficPasses * 8 * static_cast<double>(m.seq_len) * b *
+         static_cast<double>(m.padded_vocab()) / t;
+}
+
+// The "cpu" model (planner.h, PredictLayout).
+absl::StatusOr<PlanEntry> PredictCpu(const Config& cfg, const ClusterSpec& cl,
+                                     const PlanLayout& lay, int64_t micro_batches,
+                                     const Peaks& peaks) {
+  const ModelConfig& m = cfg.model;
+  const int64_t world = lay.dp * lay.tp * lay.pp;
+  const bool sp = cfg.parallel.sequence_parallel;
+  const double t = static_cast<double>(lay.tp);
+  const double s = static_cast<double>(m.seq_len);
+  const double b = static_cast<double>(lay.micro_batch);
+  const double c = static_cast<double>(m.d_model);
+  const double vp = static_cast<double>(m.padded_vocab());
+  const double sbh = s * b * c;
+  const double mbs_d = static_cast<double>(micro_batches);
+  const double rows_bytes = 4 * sbh / (sp ? t : 1);  // one pipeline message (HiddenRows x C)
+
+  PlanEntry e;
+  e.layout = lay;
+  e.layout.sequence_parallel = sp;
+  e.micro_batches = micro_batches;
+  double head_params = 0;
+  for (int64_t stage : {int64_t{0}, lay.pp - 1}) {
+    LATTICE_ASSIGN_OR_RETURN(ProcessGrid g, StageGrid(cfg, world, stage));
+    const ModelShard shard = ParallelEngine::ShardFor(cfg, g);
+    LATTICE_ASSIGN_OR_RETURN(EngineMemory em,
+                             ParallelEngine::PlanMemory(cfg, g, shard,
+                                                        static_cast<int>(micro_batches),
+                                                        kDefaultBucketBytes));
+    if (stage == lay.pp - 1) head_params = static_cast<double>(em.params) / sizeof(float);
+    MemoryPrediction mem;
+    mem.stage = stage;
+    mem.in_flight = peaks.in_flight[static_cast<size_t>(stage)];
+    mem.params = static_cast<double>(em.params);
+    mem.grads = static_cast<double>(em.grads);
+    mem.optimizer = static_cast<double>(em.optimizer_state);
+    mem.activations = static_cast<double>(em.activations_peak + em.scratch);
+    // The pipeline's buffers (parallel/engine.cc RunSchedule): one receive buffer, and up to 9
+    // sends alive (it waits for the oldest once more than 8 are queued) out of this stage's
+    // sends of a step; plus the step's token batches (inputs and targets, int32).
+    double pipe = 0, pipe_mpi = 0;
+    if (lay.pp > 1) {
+      const double sends = 2 * mbs_d * static_cast<double>(lay.vpp) -
+                           (stage == 0 ? mbs_d : 0) - (stage == lay.pp - 1 ? mbs_d : 0);
+      pipe = (std::min(9.0, sends) + 1) * rows_bytes;
+      // What MPI's point-to-point path adds for those sends in flight (measured per byte).
+      pipe_mpi = cl.reserved_mpi_p2p_per_byte * std::min(9.0, sends) * rows_bytes;
+    }
+    mem.comm_buffers = static_cast<double>(em.comm_buffers) + pipe + 8 * mbs_d * s * b;
+    // MPI's share: fixed, and its temporary buffers for the largest collective message: the
+    // data-parallel bucket (ZeRO-1 or not, the whole bucket goes in), a tensor-parallel
+    // all-gather's output (sbh fp32).
+    double largest = 0;
+    if (lay.dp > 1) {
+      largest = std::min(static_cast<double>(em.params), static_cast<double>(kDefaultBucketBytes));
+    }
+    if (lay.tp > 1) largest = std::max(largest, 4 * sbh);
+    mem.reserved = cl.reserved_bytes + pipe_mpi +
+                   (world > 1 ? cl.reserved_mpi_bytes + cl.reserved_mpi_per_byte * largest : 0);
+    if (mem.total() > e.memory.total()) e.memory = mem;
+  }
+  // All ranks on one machine (a cpu description is one node): its memory holds them all.
+  e.fits = e.memory.total() * static_cast<double>(world) <= cl.hbm_bytes;
+
+  // Oversubscription: the rates were measured at threads_per_rank threads on otherwise idle
+  // cores; ranks x threads beyond the cores share them.
+  const double demand = static_cast<double>(world * cl.threads_per_rank);
+  const double share = std::min(1.0, cl.cores_per_node / demand);
+  const double gemm_rate = cl.peak_flops * cl.gemm_efficiency * share;
+  const double attn_rate = cl.peak_flops * cl.attention_efficiency * share;
+  const double mem_rate = cl.hbm_bandwidth * cl.memory_efficiency * share;
+  const double opt_rate = cl.optimizer_bandwidth * share;
+  const double act = CpuLayerActivationBytes(m, b, t, sp);
+  const double gemm_fwd = 2 * s * b * LayerMatmulParams(m) / t / gemm_rate;
+  const double attn_fwd = 2 * s * s * b * c / t / attn_rate;
+  const double elem_fwd = kForwardTrafficPasses * act / mem_rate;
+  const double elem_bwd = kBackwardTrafficPasses * act / mem_rate;
+  double layer_time = 3 * gemm_fwd + 3 * attn_fwd + elem_fwd + elem_bwd;
+  if (lay.recompute == Recompute::kSelective) layer_time += attn_fwd;
+  if (lay.recompute == Recompute::kFull) layer_time += gemm_fwd + attn_fwd + elem_fwd;
+  // Tensor-parallel collectives of one layer over MPI's shared memory (the GPU count, fp32),
+  // blocking: nothing hidden.
+  const double bw = cl.nvlink_bandwidth, lat = cl.nvlink_latency;
+  double tp_layer = 0;
+  if (lay.tp > 1) {
+    const double full = 4 * sbh;
+    const double fwd = sp ? 4 * RingTime(lay.tp, full, bw, lat) : 2 * AllReduceTime(lay.tp, full, bw, lat);
+    const double bwd = sp ? 6 * RingTime(lay.tp, full, bw, lat) : 2 * AllReduceTime(lay.tp, full, bw, lat);
+    tp_layer = fwd + bwd + (lay.recompute == Recompute::kFull ? fwd : 0);
+  }
+  const double classifier = 3 * 2 * s * b * c * vp / t / gemm_rate + CpuClassifierBytes(m, b, t) / mem_rate;
+  const double layers_per_stage = static_cast<double>(m.n_layer / lay.pp);
+  const double stage_compute_mb = layers_per_stage * layer_time + classifier;
+  const double stage_tp_mb = layers_per_stage * tp_layer;
+  e.time.compute = mbs_d * stage_compute_mb;
+  // The last stage waits, at the fill and the drain, for the other stages' passes: layers
+  // without the classifier (at the demo's vocabulary the classifier is ~2 layers' work, so
+  // counting it there would overstate the bubble).
+  e.time.bubble = (peaks.ticks_per_chunk_pass - mbs_d) *
+                  (lay.pp > 1 ? layers_per_stage * layer_time + stage_tp_mb
+                              : stage_compute_mb + stage_tp_mb);
+  e.time.tp_comm = (1 - cl.tp_overlap) * mbs_d * stage_tp_mb;
+  if (lay.pp > 1) {
+    e.time.pp_comm = (1 - cl.pp_overlap) * mbs_d * 2 * static_cast<double>(lay.vpp) *
+                     (lat + rows_bytes / bw);
+  }
+  // Data parallel: fp32 gradients all-reduced, or reduce-scattered and the fp32 parameters
+  // all-gathered (ZeRO-1); plus every step's small agreements (the token count over dp, the loss
+  // and norm over the world), one latency-bound gather each.
+  const double dp = static_cast<double>(lay.dp);
+  double dp_comm = 0;
+  if (lay.dp > 1) {
+    const double grads = 4 * head_params;
+    dp_comm = lay.zero1 ? 2 * RingTime(lay.dp, grads, bw, lat) : AllReduceTime(lay.dp, grads, bw, lat);
+    dp_comm = std::max(dp_comm * (1 - cl.dp_overlap), dp_comm - e.time.compute);
+  }
+  dp_comm += RingTime(lay.dp, 16 * dp, bw, lat) + RingTime(world, 16 * static_cast<double>(world), bw, lat);
+  e.time.dp_comm = dp_comm;
+  const double updated = lay.zero1 ? head_params / dp : head_params;
+  e.time.optimizer =
+      (kCpuNormBytesPerParam * head_params / dp + kCpuAdamBytesPerParam * updated) / opt_rate;
+
+  const double step = e.time.step();
+  e.tokens_per_s = static_cast<double>(cfg.train.global_batch_size) * s / step;
+  e.tflops_per_gpu = e.tokens_per_s * ModelFlopsPerToken(m) / static_cast<double>(world) / 1e12;
+  e.mfu = e.tflops_per_gpu * 1e12 / cl.peak_flops;
+  e.megatron_tflops_per_gpu =
+      e.tokens_per_s * MegatronFlopsPerToken(m) / static_cast<double>(world) / 1e12;
+  return e;
+}
+
 }  // namespace
+
+CpuWork CpuMicroBatchWork(const ModelConfig& m, int64_t micro_batch) {
+  const double b = static_cast<double>(micro_batch);
+  const double s = static_cast<double>(m.seq_len);
+  const double c = static_cast<double>(m.d_model);
+  const double l = static_cast<double>(m.n_layer);
+  CpuWork w;
+  w.gemm_flops = l * 3 * 2 * s * b * LayerMatmulParams(m) +
+                 3 * 2 * s * b * c * static_cast<double>(m.padded_vocab());
+  w.attention_flops = l * 3 * 2 * s * s * b * c;
+  w.elementwise_bytes =
+      l * (kForwardTrafficPasses + kBackwardTrafficPasses) * CpuLayerActivationBytes(m, b, 1, false) +
+      CpuClassifierBytes(m, b, 1);
+  return w;
+}
 
 absl::string_view RecomputeName(Recompute r) {
   switch (r) {
@@ -206,6 +371,25 @@ absl::StatusOr<ClusterSpec> ParseClusterSpec(absl::string_view yaml, absl::strin
         c.gpus_per_node = v.as<int64_t>();
       } else if (key == "flash_attention") {
         c.flash_attention = v.as<bool>();
+      } else if (key == "backend") {
+        c.backend = v.as<std::string>();
+      } else if (key == "calibrated") {
+        c.calibrated = v.as<std::string>();
+      } else if (key == "cores_per_node") {
+        c.cores_per_node = v.as<double>();
+      } else if (key == "threads_per_rank") {
+        c.threads_per_rank = v.as<int64_t>();
+      } else if (key == "optimizer_gb_per_s" || key == "reserved_mpi_gb" ||
+                 key == "reserved_mpi_per_byte" || key == "reserved_mpi_p2p_per_byte") {
+        const double x = v.as<double>();
+        if (!(x >= 0) || !std::isfinite(x)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(source, ": ", key, "=", x, " must be a finite number >= 0"));
+        }
+        if (key == "optimizer_gb_per_s") c.optimizer_bandwidth = x * 1e9;
+        if (key == "reserved_mpi_gb") c.reserved_mpi_bytes = x * 1e9;
+        if (key == "reserved_mpi_per_byte") c.reserved_mpi_per_byte = x;
+        if (key == "reserved_mpi_p2p_per_byte") c.reserved_mpi_p2p_per_byte = x;
       } else {
         const ClusterKey* k = nullptr;
         for (const ClusterKey& ck : kClusterKeys) {
@@ -232,6 +416,23 @@ absl::StatusOr<ClusterSpec> ParseClusterSpec(absl::string_view yaml, absl::strin
       return absl::InvalidArgumentError(absl::StrCat(source, ": missing key '", ck.key, "'"));
     }
   }
+  if (c.backend != "gpu" && c.backend != "cpu") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": backend='", c.backend, "' must be gpu or cpu"));
+  }
+  if (c.backend == "cpu") {
+    const std::pair<const char*, double> cpu_keys[] = {
+        {"cores_per_node", c.cores_per_node},
+        {"threads_per_rank", static_cast<double>(c.threads_per_rank)},
+        {"optimizer_gb_per_s", c.optimizer_bandwidth}};
+    for (const auto& [key, x] : cpu_keys) {
+      if (!(x > 0)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(source, ": backend cpu needs ", key, " > 0 (lattice bench --calibrate "
+                         "writes it)"));
+      }
+    }
+  }
   if (c.gpus_per_node < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": gpus_per_node=", c.gpus_per_node, " must be >= 1"));
@@ -250,6 +451,9 @@ absl::StatusOr<ClusterSpec> ParseClusterSpec(absl::string_view yaml, absl::strin
       {"memory_efficiency", c.memory_efficiency}, {"tp_overlap", c.tp_overlap},
       {"dp_overlap", c.dp_overlap}, {"pp_overlap", c.pp_overlap}};
   for (const auto& [key, x] : fractions) {
+    // A CPU's element-wise passes partly hit its caches, so they may beat the copy bandwidth
+    // measured over buffers far larger than the caches.
+    if (c.backend == "cpu" && std::string(key) == "memory_efficiency") continue;
     if (x > 1) {
       return absl::InvalidArgumentError(absl::StrCat(source, ": ", key, "=", x, " must be <= 1"));
     }
@@ -294,6 +498,8 @@ absl::StatusOr<PlanEntry> PredictLayout(const ModelConfig& model, const ClusterS
   cfg.parallel.zero1 = lay.zero1;
   cfg.parallel.sequence_parallel = lay.tp > 1 && lay.sequence_parallel;
   cfg.parallel.schedule = lay.schedule;
+  // The CPU model's memory is the engine's own plan, which counts the recompute mode.
+  cfg.train.recompute = lay.recompute;
   cfg.train.micro_batch_size = lay.micro_batch;
   cfg.train.global_batch_size = global_batch;
   const int64_t world = lay.dp * lay.tp * lay.pp;
@@ -302,6 +508,7 @@ absl::StatusOr<PlanEntry> PredictLayout(const ModelConfig& model, const ClusterS
   const ModelConfig& m = cfg.model;
   const int64_t micro_batches = global_batch / (lay.micro_batch * lay.dp);
   LATTICE_ASSIGN_OR_RETURN(Peaks peaks, PipelinePeaks(lay.schedule, lay.pp, lay.vpp, micro_batches));
+  if (cl.backend == "cpu") return PredictCpu(cfg, cl, lay, micro_batches, peaks);
 
   const double t = static_cast<double>(lay.tp);
   const bool sp = cfg.parallel.sequence_parallel;

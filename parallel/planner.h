@@ -64,13 +64,31 @@ struct ClusterSpec {
   double dp_overlap = 0;
   double pp_overlap = 0;
   bool flash_attention = true;      // attention scores never stored (fused attention kernels)
+
+  // "gpu": the bf16 mixed-precision model above. "cpu": lattice's own fp32 CPU engine, with
+  // rates measured on the machine by `lattice bench --calibrate` (PredictLayout's CPU model
+  // below; docs/planner.md "The CPU backend"). For "cpu" descriptions peak_tflops is the
+  // measured sgemm 1024^3 rate of one rank's threads, hbm_* the node's memory and copy
+  // bandwidth, nvlink_* the MPI shared-memory transport's beta and alpha.
+  std::string backend = "gpu";
+  // cpu: the cores the ranks of a node effectively share (measured: fewer than the machine's
+  // when other processes load it).
+  double cores_per_node = 0;
+  int64_t threads_per_rank = 0;     // cpu: the threads per rank the rates were measured at
+  double optimizer_bandwidth = 0;   // cpu: bytes/s of the gradient norm and AdamW passes
+  // cpu, world > 1: what MPI adds to a rank, fixed plus per byte of the layout's largest
+  // collective message (its algorithms' temporary buffers grow with the message).
+  double reserved_mpi_bytes = 0;
+  double reserved_mpi_per_byte = 0;
+  double reserved_mpi_p2p_per_byte = 0;  // per byte of the pipeline's sends in flight
+  std::string calibrated;           // when, where and how the numbers were measured
 };
 
 // Parses a cluster description; errors name the file and the key.
 absl::StatusOr<ClusterSpec> ParseClusterSpec(absl::string_view yaml, absl::string_view source);
 absl::StatusOr<ClusterSpec> LoadClusterSpec(const std::string& path);
 
-enum class Recompute { kNone, kSelective, kFull };
+// Recompute (none | selective | full) is runtime/config.h's, the train.recompute key's.
 absl::string_view RecomputeName(Recompute r);
 
 struct PlanLayout {
@@ -85,9 +103,12 @@ struct PlanLayout {
 
 struct MemoryPrediction {  // bytes per GPU, on the most loaded stage
   double params = 0, grads = 0, optimizer = 0, activations = 0, classifier = 0, reserved = 0;
+  double comm_buffers = 0;        // cpu: ZeRO-1 staging and the pipeline's send/receive buffers
   int64_t in_flight = 0;          // micro-batch chunk sets alive at once on that stage
   int64_t stage = 0;              // which stage
-  double total() const { return params + grads + optimizer + activations + classifier + reserved; }
+  double total() const {
+    return params + grads + optimizer + activations + classifier + reserved + comm_buffers;
+  }
 };
 
 struct TimePrediction {  // seconds per optimizer step
@@ -130,8 +151,40 @@ double MegatronFlopsPerToken(const ModelConfig& m);
 
 // The prediction for one layout; InvalidArgument when the layout is not valid for the model
 // (Config::ValidateLayout's checks, and the schedule's).
+//
+// A "cpu" cluster predicts lattice's fp32 CPU engine as `lattice bench` measures it:
+//   memory per rank  ParallelEngine::PlanMemory of the rank (fp32 parameters, gradients, AdamW
+//                    m and v or their ZeRO-1 shard and staging, the activation arena at the
+//                    schedule's peak, scratch) + the pipeline's send and receive buffers + the
+//                    runtime's measured overhead (reserved_gb: GEMM library buffers, thread
+//                    stacks, touched code) + MPI's (reserved_mpi_gb, world > 1); compared with
+//                    VmHWM minus its value before the engine was created;
+//   step time        GEMM and attention FLOPs at the measured rates (peak x efficiency, both
+//                    measured at the model's shapes), element-wise passes over the fp32
+//                    activations at the copy bandwidth x the measured efficiency, the optimizer
+//                    passes at optimizer_gb_per_s, MPI collectives and pipeline transfers from
+//                    the measured alpha-beta (shared memory), nothing overlapped, the
+//                    pipeline bubble from the simulator; compute slowed by cores_per_node /
+//                    (ranks x threads_per_rank) when the ranks oversubscribe the cores.
 absl::StatusOr<PlanEntry> PredictLayout(const ModelConfig& model, const ClusterSpec& cluster,
                                         const PlanLayout& layout, int64_t global_batch);
+
+// The work of one micro-batch of `micro_batch` sequences through the whole model on one rank,
+// as the "cpu" model counts it: GEMM FLOPs forward and backward (the layers' and the
+// classifier's), attention FLOPs (the causal half, forward and backward), and the bytes of
+// the element-wise passes (forward 2 and backward 4 passes over each layer's fp32 stored
+// activations, 2 over the classifier's logits and softmax). `lattice bench --calibrate` divides
+// these by the measured times, so its rates and the predictions count the same work.
+struct CpuWork {
+  double gemm_flops = 0, attention_flops = 0, elementwise_bytes = 0;
+};
+CpuWork CpuMicroBatchWork(const ModelConfig& m, int64_t micro_batch);
+// Bytes the optimizer passes stream per parameter on the CPU: the gradient norm's read (4, of
+// the rank's part of the reduction) and AdamW's read of the gradient and read and write of the
+// weight, m and v (28, of the parameters it updates). The gradient zeroing is not a profiled
+// op: the calibration's element-wise remainder holds it.
+inline constexpr double kCpuNormBytesPerParam = 4;
+inline constexpr double kCpuAdamBytesPerParam = 28;
 
 // Every valid layout of the request, fitting ones first, each group by predicted step time.
 // InvalidArgument when none is valid.

@@ -149,6 +149,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> SplitGroup(Communicator& world, Sp
         ") does not match the grid's group [", absl::StrJoin(expected, ", "), "] for world rank ",
         world.rank()));
   }
+  c->set_name(name);  // what a communicator timeout report calls the group (docs/hangs.md)
   return c;
 }
 

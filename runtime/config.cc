@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/match.h"
 #include "runtime/io/yaml_limits.h"
 #include "runtime/status.h"
@@ -366,6 +367,8 @@ const std::vector<KeySpec>& Keys() {
                "dense peak TFLOP/s of one rank's device, for MFU; 0 = unknown (no MFU)"),
       StringKey("train.init_weights", LATTICE_CONFIG_FIELD(train.init_weights),
                 "safetensors to start from"),
+      StringKey("train.init_from", LATTICE_CONFIG_FIELD(train.init_from),
+                "checkpoint dir or safetensors to fine-tune from (weights only, iteration 0)"),
       StringKey("train.save_weights", LATTICE_CONFIG_FIELD(train.save_weights),
                 "safetensors written at the end"),
       BoolKey("train.overwrite_init_weights", LATTICE_CONFIG_FIELD(train.overwrite_init_weights),
@@ -373,12 +376,34 @@ const std::vector<KeySpec>& Keys() {
       IntKey("train.threads", LATTICE_CONFIG_FIELD(train.threads), "CPU threads; 0 = all cores"),
       FloatKey("train.exit_after_minutes", LATTICE_CONFIG_FIELD(train.exit_after_minutes),
                "checkpoint and stop (exit 75) this many minutes after start; 0 = no limit"),
+      EnumKey("train.recompute", LATTICE_CONFIG_FIELD(train.recompute),
+              EnumNames<Recompute>{{"none", Recompute::kNone},
+                                   {"selective", Recompute::kSelective},
+                                   {"full", Recompute::kFull}},
+              "activation recompute: selective (attention core, activations, norms) or full "
+              "(each layer from its input); docs/memory.md"),
+      IntKey("train.classifier_chunk", LATTICE_CONFIG_FIELD(train.classifier_chunk),
+             "token rows per chunk of the fused lm head + cross-entropy (no whole logits)"),
+      IntKey("train.spike.window", LATTICE_CONFIG_FIELD(train.spike.window),
+             "good losses a spike is measured against; 0 = no spike test (docs/recovery.md)"),
+      FloatKey("train.spike.z_threshold", LATTICE_CONFIG_FIELD(train.spike.z_threshold),
+               "a loss this many standard deviations above the window's mean is a spike"),
+      IntKey("train.spike.max_nonfinite", LATTICE_CONFIG_FIELD(train.spike.max_nonfinite),
+             "non-finite (skipped) steps in a row that roll back; 0 = never"),
+      IntKey("train.spike.max_rollbacks", LATTICE_CONFIG_FIELD(train.spike.max_rollbacks),
+             "rollbacks allowed; the next spike stops the run with an error"),
 
       StringKey("data.tokenizer", LATTICE_CONFIG_FIELD(data.tokenizer),
                 "path to tokenizer.json, or \"byte\""),
       StringKey("data.train", LATTICE_CONFIG_FIELD(data.train), "training dataset prefix or file"),
       StringKey("data.val", LATTICE_CONFIG_FIELD(data.val), "validation dataset prefix or file"),
       BlendKey(),
+      EnumKey("data.format", LATTICE_CONFIG_FIELD(data.format),
+              EnumNames<DataFormat>{{"pretrain", DataFormat::kPretrain},
+                                    {"sft", DataFormat::kSft}},
+              "pretrain (token files) | sft (JSONL instruction data, docs/finetune.md)"),
+      BoolKey("data.pack", LATTICE_CONFIG_FIELD(data.pack),
+              "sft: pack several examples per row (document-masked attention)"),
 
       IntKey("parallel.tp", LATTICE_CONFIG_FIELD(parallel.tp), "tensor-parallel size"),
       IntKey("parallel.pp", LATTICE_CONFIG_FIELD(parallel.pp), "pipeline-parallel size"),
@@ -395,6 +420,12 @@ const std::vector<KeySpec>& Keys() {
                                           {"gpipe", PipelineSchedule::kGpipe},
                                           {"interleaved", PipelineSchedule::kInterleaved}},
               "pipeline schedule"),
+      FloatKey("parallel.timeout_seconds", LATTICE_CONFIG_FIELD(parallel.timeout_seconds),
+               "seconds one communicator operation waits for the other ranks before the job "
+               "aborts naming the missing ranks (env LATTICE_COMM_TIMEOUT_S overrides)"),
+      FloatKey("parallel.abort_watchdog_seconds",
+               LATTICE_CONFIG_FIELD(parallel.abort_watchdog_seconds),
+               "seconds an abort may take before the process exits by itself (code 125)"),
 
       StringKey("checkpoint.dir", LATTICE_CONFIG_FIELD(checkpoint.dir),
                 "directory of sharded checkpoints (empty = none)"),
@@ -692,6 +723,7 @@ absl::Status Config::Validate() const {
   CheckRange(e, "train.micro_batch_size", t.micro_batch_size, 1, kMaxSize);
   CheckRange(e, "train.global_batch_size", t.global_batch_size, 0, kMaxSize);
   CheckRange(e, "train.steps", t.steps, 1, kMaxSize);
+  CheckRange(e, "train.classifier_chunk", t.classifier_chunk, 1, kMaxSize);
   CheckRange(e, "train.warmup_steps", t.warmup_steps, 0, kMaxSize);
   CheckRange(e, "train.log_interval", t.log_interval, 1, kMaxSize);
   CheckRange(e, "train.eval_interval", t.eval_interval, 0, kMaxSize);
@@ -701,7 +733,21 @@ absl::Status Config::Validate() const {
   CheckRange(e, "parallel.tp", p.tp, 1, kMaxParallel);
   CheckRange(e, "parallel.pp", p.pp, 1, kMaxParallel);
   CheckRange(e, "parallel.vpp", p.vpp, 1, kMaxParallel);
+  if (!(p.timeout_seconds > 0) || !std::isfinite(p.timeout_seconds)) {
+    e.Add(absl::StrCat("parallel.timeout_seconds=", p.timeout_seconds, " must be > 0"));
+  }
+  if (!(p.abort_watchdog_seconds > 0) || !std::isfinite(p.abort_watchdog_seconds)) {
+    e.Add(absl::StrCat("parallel.abort_watchdog_seconds=", p.abort_watchdog_seconds,
+                       " must be > 0"));
+  }
   CheckRange(e, "parallel.dp", p.dp, 0, kMaxParallel);
+  // A window of one loss has no standard deviation.
+  if (t.spike.window == 1) {
+    e.Add("train.spike.window=1: the spike test needs a window of >= 2 losses (0 = off)");
+  }
+  CheckRange(e, "train.spike.window", t.spike.window, 0, kMaxSize);
+  CheckRange(e, "train.spike.max_nonfinite", t.spike.max_nonfinite, 0, kMaxSize);
+  CheckRange(e, "train.spike.max_rollbacks", t.spike.max_rollbacks, 0, kMaxSize);
   CheckRange(e, "checkpoint.interval", checkpoint.interval, 0, kMaxSize);
   CheckRange(e, "checkpoint.keep", checkpoint.keep, 0, kMaxSize);
   CheckRange(e, "checkpoint.keep_every", checkpoint.keep_every, 0, kMaxSize);
@@ -745,6 +791,15 @@ absl::Status Config::Validate() const {
   if (!(t.exit_after_minutes >= 0) || !std::isfinite(t.exit_after_minutes)) {
     e.Add(absl::StrCat("train.exit_after_minutes=", t.exit_after_minutes,
                        " must be >= 0 (0 = no limit)"));
+  }
+  if (!(t.spike.z_threshold > 0) || !std::isfinite(t.spike.z_threshold)) {
+    e.Add(absl::StrCat("train.spike.z_threshold=", t.spike.z_threshold, " must be > 0"));
+  }
+  if (t.spike.enabled() && t.spike.max_rollbacks > 0 && checkpoint.dir.empty()) {
+    e.Add(absl::StrCat("train.spike (window=", t.spike.window, ", max_nonfinite=",
+                       t.spike.max_nonfinite,
+                       ") rolls back to the newest checkpoint, but checkpoint.dir is empty; set "
+                       "it, or train.spike.max_rollbacks=0 to stop on the first spike instead"));
   }
   if (!(t.peak_tflops >= 0) || !std::isfinite(t.peak_tflops)) {
     e.Add(absl::StrCat("train.peak_tflops=", t.peak_tflops, " must be >= 0 (0 = unknown)"));
@@ -797,6 +852,20 @@ absl::Status Config::Validate() const {
                          "; weights must be > 0"));
     }
     if (prefix.empty()) e.Add(absl::StrCat("data.blend entry ", i, " has an empty prefix"));
+  }
+  if (data.format == DataFormat::kSft) {
+    if (!data.blend.empty()) {
+      e.Add("data.blend is not supported with data.format=sft; give one JSONL file in data.train");
+    }
+    if (data.tokenizer.empty()) {
+      e.Add("data.format=sft needs data.tokenizer (the JSONL text is tokenized with it)");
+    }
+  } else if (data.pack) {
+    e.Add("data.pack=true needs data.format=sft (pretraining windows are not packed examples)");
+  }
+  if (!t.init_from.empty() && !t.init_weights.empty()) {
+    e.Add(absl::StrCat("train.init_from='", t.init_from, "' and train.init_weights='",
+                       t.init_weights, "' are both set; give one of them"));
   }
 
   // Parallel layout (the parts that do not need the world size).
@@ -878,15 +947,25 @@ absl::Status Config::ValidateLayout(int64_t world_size) {
 std::string Config::ToYaml() const {
   std::vector<std::pair<std::string, std::string>> lines;  // (text, doc)
   lines.emplace_back(absl::StrCat("version: ", version), "config format version");
-  std::string section;
+  // Sections nest (train.spike.window is `window` under `spike:` under `train:`); `open` is
+  // the path of mappings written so far, so a section is opened once even when a nested one
+  // comes between its keys.
+  std::vector<std::string> open;
   for (const KeySpec& k : Keys()) {
-    const size_t dot = k.key.rfind('.');
-    const std::string sec = k.key.substr(0, dot);
-    if (sec != section) {
-      lines.emplace_back(absl::StrCat(sec, ":"), "");
-      section = sec;
+    std::vector<std::string> path = absl::StrSplit(k.key, '.');
+    const std::string leaf = path.back();
+    path.pop_back();
+    size_t common = 0;
+    while (common < open.size() && common < path.size() && open[common] == path[common]) {
+      ++common;
     }
-    lines.emplace_back(absl::StrCat("  ", k.key.substr(dot + 1), ": ", k.get(*this)), k.doc);
+    open.resize(common);
+    for (size_t i = common; i < path.size(); ++i) {
+      lines.emplace_back(absl::StrCat(std::string(2 * i, ' '), path[i], ":"), "");
+      open.push_back(path[i]);
+    }
+    lines.emplace_back(
+        absl::StrCat(std::string(2 * path.size(), ' '), leaf, ": ", k.get(*this)), k.doc);
   }
   size_t width = 0;
   for (const auto& [text, doc] : lines) {

@@ -45,6 +45,29 @@ struct ModelConfig {
 
 enum class LrDecay { kCosine, kLinear, kConstant };
 
+// Activation recompute (docs/memory.md): none keeps every layer activation for the backward;
+// selective recomputes the attention core, the activation function and the norms (Megatron's
+// selective); full keeps only each layer's input and reruns the layer forward in the backward.
+enum class Recompute { kNone, kSelective, kFull };
+
+// train.spike: roll back to the newest checkpoint and skip the data since then on a loss spike
+// or a run of non-finite steps (launcher/spike.h, docs/recovery.md). Off unless window or
+// max_nonfinite is set.
+struct SpikeConfig {
+  int64_t window = 0;         // train.spike.window: good losses the z test looks at; 0 = no z test
+  // train.spike.z_threshold: a good loss this many standard deviations above the window's mean
+  // is a spike. 6: under Gaussian noise a one-sided 6-sigma step has probability ~1e-9, so a
+  // million-step run sees no false rollback, while real spikes are tens of sigma.
+  double z_threshold = 6.0;
+  int64_t max_nonfinite = 0;  // train.spike.max_nonfinite: non-finite steps in a row; 0 = never
+  // train.spike.max_rollbacks: rollbacks one process may do; the next trigger is an error. 3: a
+  // spike that comes back after three different windows were skipped is not the data's fault.
+  int64_t max_rollbacks = 3;
+
+  bool enabled() const { return window > 0 || max_nonfinite > 0; }
+  bool operator==(const SpikeConfig&) const = default;
+};
+
 struct TrainConfig {
   uint64_t seed = 1234;             // train.seed
   int64_t micro_batch_size = 4;     // train.micro_batch_size
@@ -66,15 +89,24 @@ struct TrainConfig {
   std::string tensorboard_dir;      // train.tensorboard_dir (TensorBoard event files; "" = none)
   double peak_tflops = 0;           // train.peak_tflops (device dense peak per rank, for MFU; 0 = unknown)
   std::string init_weights;         // train.init_weights (safetensors to start from)
+  // train.init_from: weights to fine-tune from (a lattice checkpoint directory, e.g. one made by
+  // `lattice convert --from hf`, or a safetensors file); fresh optimizer, iteration 0. The same
+  // loader as init_weights; at most one of the two may be set.
+  std::string init_from;
   std::string save_weights;         // train.save_weights (safetensors written at the end)
   bool overwrite_init_weights = false;  // train.overwrite_init_weights (save_weights may be init_weights)
   int threads = 0;                  // train.threads (0 = all cores)
   // train.exit_after_minutes: save a checkpoint and stop (exit status 75, launcher/preemption.h)
   // at the first step boundary this many minutes after the start; 0 = no limit.
   double exit_after_minutes = 0;
+  Recompute recompute = Recompute::kNone;  // train.recompute: none | selective | full
+  int64_t classifier_chunk = 256;   // train.classifier_chunk (token rows per lm-head chunk)
+  SpikeConfig spike;                // train.spike.*
 
   bool operator==(const TrainConfig&) const = default;
 };
+
+enum class DataFormat { kPretrain, kSft };
 
 struct DataConfig {
   std::string tokenizer;            // data.tokenizer: path to tokenizer.json, or "byte"
@@ -84,6 +116,10 @@ struct DataConfig {
   std::string val;
   // ... or data.blend: [[weight, prefix], ...] for training (then data.train must be empty).
   std::vector<std::pair<double, std::string>> blend;
+  // data.format: pretrain (token files above) | sft (data.train / data.val are JSONL
+  // instruction data, runtime/data/sft.h, docs/finetune.md).
+  DataFormat format = DataFormat::kPretrain;
+  bool pack = false;                // data.pack: sft only, several examples per row
 
   bool operator==(const DataConfig&) const = default;
 };
@@ -98,6 +134,13 @@ struct ParallelConfig {
   bool sequence_parallel = false;   // parallel.sequence_parallel
   bool zero1 = false;               // parallel.zero1
   PipelineSchedule schedule = PipelineSchedule::kOneFOneB;  // parallel.schedule: 1f1b|gpipe|interleaved
+  // parallel.timeout_seconds: how long one communicator operation waits for the other ranks
+  // before the job is aborted with a report naming the ranks that did not arrive
+  // (docs/hangs.md; LATTICE_COMM_TIMEOUT_S overrides it). = kDefaultCommTimeoutSeconds.
+  double timeout_seconds = 300;
+  // parallel.abort_watchdog_seconds: how long an abort may take before the process ends itself
+  // (parallel/watchdog.h). = kDefaultAbortWatchdogSeconds.
+  double abort_watchdog_seconds = 30;
 
   bool operator==(const ParallelConfig&) const = default;
 };

@@ -37,6 +37,7 @@ const char* CategoryName(Category c) {
     case Category::kElementwise: return "elementwise";
     case Category::kOptimizer: return "optimizer";
     case Category::kOther: return "other";
+    case Category::kPhase: return "phase";
   }
   return "other";
 }

@@ -13,8 +13,10 @@
 
 namespace lattice::profiler {
 
-enum class Category { kGemm, kAttention, kElementwise, kOptimizer, kOther };
-const char* CategoryName(Category c);  // "gemm", "attention", ...
+// kPhase: a step phase timed by the engine (forward, backward, pipeline wait, communication,
+// optimizer; parallel/engine.cc), which contains kernel scopes: reports keep the two apart.
+enum class Category { kGemm, kAttention, kElementwise, kOptimizer, kOther, kPhase };
+const char* CategoryName(Category c);  // "gemm", "attention", ..., "phase"
 
 struct OpStats {
   std::string name;

@@ -27,6 +27,10 @@ int AffinityCores();
 // "12.34 GiB"
 std::string FormatGiB(int64_t bytes);
 
+// The process's peak resident memory (VmHWM of /proc/self/status) in bytes; 0 where there is
+// none.
+int64_t PeakResidentBytes();
+
 }  // namespace lattice
 
 #endif  // LATTICE_RUNTIME_SYSTEM_H_

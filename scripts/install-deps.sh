@@ -16,7 +16,7 @@ PACKAGES=(
   clang-14 libclang-rt-14-dev libomp-14-dev
   openmpi-bin libopenmpi-dev
   slurmctld slurmd slurm-client munge libpmix-dev
-  bible-kjv shellcheck
+  bible-kjv shellcheck gnuplot-nox
   python3 python3-venv python3-pip python3-numpy python3-yaml python3-torch
 )
 

@@ -27,7 +27,7 @@ export OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversub
 bash cluster/slurm/local/start.sh --cpus 8
 trap 'bash cluster/slurm/local/stop.sh' EXIT
 SLURM_CONF="${LATTICE_SLURM_DIR:-/tmp/lattice-slurm}/slurm.conf" LATTICE_REQUIRE_SLURM=1 \
-  ctest --test-dir "$BUILD" --output-on-failure -j2 ${LATTICE_CTEST_ARGS:-}
+  ctest --test-dir "$BUILD" --output-on-failure -j2 -LE calibration ${LATTICE_CTEST_ARGS:-}
 bash cluster/slurm/local/stop.sh
 trap - EXIT
 if [ "${LATTICE_QUICK:-0}" = "1" ]; then

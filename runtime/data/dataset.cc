@@ -61,6 +61,7 @@ std::string DataLoaderState::ToJson() const {
   for (const Source& s : sources) {
     j["sources"].push_back({{"path", s.path}, {"num_tokens", s.num_tokens}, {"weight", s.weight}});
   }
+  j["skipped"] = SampleRangesToJson(skipped);
   return j.dump();
 }
 
@@ -140,6 +141,14 @@ absl::StatusOr<DataLoaderState> DataLoaderState::FromJson(absl::string_view json
                                                      " must be finite and > 0"));
     }
     s.sources.push_back({e["path"].get<std::string>(), num_tokens, weight});
+  }
+  if (j.contains("skipped")) {  // absent before loss-spike rollbacks existed: nothing skipped
+    absl::StatusOr<std::vector<SampleRange>> skipped = SampleRangesFromJson(j["skipped"]);
+    if (!skipped.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("data loader state: ", skipped.status().message()));
+    }
+    s.skipped = *std::move(skipped);
   }
   return s;
 }
@@ -290,6 +299,17 @@ absl::StatusOr<TokenBatch> TrainingSamples::GetBatch(int64_t first_global_index,
   return b;
 }
 
+absl::Status TrainingSamples::ReadBatch(int64_t first_global_index, int64_t batch,
+                                        TokenBatch& out) const {
+  if (batch < 1) return absl::InvalidArgumentError(absl::StrCat("batch size ", batch, " < 1"));
+  out.b = batch;
+  out.t = options_.seq_len;
+  out.inputs.resize(static_cast<size_t>(batch * options_.seq_len));
+  out.targets.resize(out.inputs.size());
+  out.doc_starts.clear();
+  return GetBatch(first_global_index, batch, out.inputs.data(), out.targets.data());
+}
+
 DataLoaderState TrainingSamples::State(int64_t consumed_samples) const {
   DataLoaderState s;
   s.consumed_samples = consumed_samples;
@@ -337,7 +357,7 @@ absl::Status TrainingSamples::CheckState(const DataLoaderState& state) const {
 
 // ---- SampleStream ----------------------------------------------------------------------------
 
-SampleStream::SampleStream(std::shared_ptr<const TrainingSamples> samples, int64_t dp_rank,
+SampleStream::SampleStream(std::shared_ptr<const SampleSource> samples, int64_t dp_rank,
                            int64_t dp_size, int64_t micro_batch)
     : samples_(std::move(samples)), dp_rank_(dp_rank), dp_size_(dp_size),
       micro_batch_(micro_batch) {
@@ -347,23 +367,71 @@ SampleStream::SampleStream(std::shared_ptr<const TrainingSamples> samples, int64
 }
 
 absl::Status SampleStream::Next(int32_t* inputs, int32_t* targets) {
-  LATTICE_RETURN_IF_ERROR(
-      samples_->GetBatch(next_global_index(), micro_batch_, inputs, targets));
-  consumed_ += micro_batch_ * dp_size_;
+  LATTICE_RETURN_IF_ERROR(Next(scratch_));
+  std::copy(scratch_.inputs.begin(), scratch_.inputs.end(), inputs);
+  std::copy(scratch_.targets.begin(), scratch_.targets.end(), targets);
   return absl::OkStatus();
 }
 
 absl::Status SampleStream::Next(TokenBatch& out) {
-  out.b = micro_batch_;
-  out.t = samples_->seq_len();
-  out.inputs.resize(static_cast<size_t>(out.b * out.t));
+  if (skipped_.empty() || skipped_.back().end <= consumed_) {
+    // Nothing skipped from here on: the micro-step is m * dp consecutive indices.
+    LATTICE_RETURN_IF_ERROR(samples_->ReadBatch(next_global_index(), micro_batch_, out));
+    consumed_ += micro_batch_ * dp_size_;
+    return absl::OkStatus();
+  }
+  return NextSkipping(out);
+}
+
+absl::Status SampleStream::NextSkipping(TokenBatch& out) {
+  // This rank's m indices are the (r*m)-th to (r*m + m - 1)-th unskipped ones from s; they are
+  // read as runs of consecutive indices, each run one ReadBatch.
+  const int64_t m = micro_batch_;
+  const int64_t t = samples_->seq_len();
+  out.b = m;
+  out.t = t;
+  out.inputs.resize(static_cast<size_t>(m * t));
   out.targets.resize(out.inputs.size());
-  return Next(out.inputs.data(), out.targets.data());
+  out.doc_starts.clear();
+  TokenBatch part;
+  int64_t g = next_global_index();
+  for (int64_t row = 0; row < m;) {
+    g = FirstUnskipped(g, skipped_);
+    const int64_t run = std::min(m - row, UnskippedRunEnd(g, skipped_) - g);
+    LATTICE_RETURN_IF_ERROR(samples_->ReadBatch(g, run, part));
+    std::copy(part.inputs.begin(), part.inputs.end(), out.inputs.begin() + row * t);
+    std::copy(part.targets.begin(), part.targets.end(), out.targets.begin() + row * t);
+    if (!part.doc_starts.empty()) {
+      if (out.doc_starts.size() != static_cast<size_t>(row * t)) {
+        return absl::InternalError("a sample source gave document starts for some rows only");
+      }
+      out.doc_starts.insert(out.doc_starts.end(), part.doc_starts.begin(), part.doc_starts.end());
+    }
+    row += run;
+    g += run;
+  }
+  if (!out.doc_starts.empty() && out.doc_starts.size() != out.inputs.size()) {
+    return absl::InternalError("a sample source gave document starts for some rows only");
+  }
+  consumed_ = NthUnskipped(consumed_, m * dp_size_ - 1, skipped_) + 1;
+  return absl::OkStatus();
 }
 
 absl::Status SampleStream::Restore(const DataLoaderState& state) {
   LATTICE_RETURN_IF_ERROR(samples_->CheckState(state));
   consumed_ = state.consumed_samples;
+  skipped_ = MergeSampleRanges(state.skipped);
+  return absl::OkStatus();
+}
+
+absl::Status SampleStream::Skip(const SampleRange& range) {
+  if (range.begin < 0 || range.end <= range.begin) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot skip samples [", range.begin, ", ",
+                                                   range.end, "): need 0 <= begin < end"));
+  }
+  std::vector<SampleRange> all = skipped_;
+  all.push_back(range);
+  skipped_ = MergeSampleRanges(std::move(all));
   return absl::OkStatus();
 }
 

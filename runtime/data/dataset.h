@@ -24,6 +24,11 @@
 // global indices s + r * m ... s + r * m + m - 1, and then every rank advances s by m * dp.
 // Interleaving the ranks' micro-batches therefore reproduces the dp = 1 sequence exactly, and
 // the position to checkpoint is one number, the consumed samples (DataLoaderState).
+//
+// Skipped ranges (runtime/data/sample_ranges.h). A loss-spike rollback marks global ranges
+// [begin, end) as never to be read again. A micro-step then takes the next m * dp indices
+// outside them (rank r the r-th group of m), and s moves past the last one; so the sequence is
+// the dp = 1 sequence with those indices left out, under any dp. The ranges are saved with s.
 #ifndef LATTICE_RUNTIME_DATA_DATASET_H_
 #define LATTICE_RUNTIME_DATA_DATASET_H_
 
@@ -37,6 +42,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "runtime/data/sample_ranges.h"
 #include "runtime/data/token_file.h"
 
 namespace lattice {
@@ -71,10 +77,15 @@ struct DataLoaderState {
     int64_t num_tokens = 0;
     double weight = 1.0;
   };
-  int64_t consumed_samples = 0;  // global samples consumed by all data-parallel ranks together
+  // The global index where the next micro-step starts: samples consumed by all data-parallel
+  // ranks together, skipped ones included (runtime/data/sample_ranges.h).
+  int64_t consumed_samples = 0;
   uint64_t seed = 0;
   int64_t seq_len = 0;
   std::vector<Source> sources;
+  // Global sample ranges the loader never yields (loss-spike rollbacks, docs/recovery.md),
+  // merged. JSON "skipped": [[begin, end], ...]; absent in older checkpoints (none).
+  std::vector<SampleRange> skipped;
 
   std::string ToJson() const;
   // InvalidArgument naming the field for malformed JSON or another version.
@@ -88,10 +99,29 @@ struct TokenBatch {
   int64_t t = 0;
   std::vector<int32_t> inputs;   // (b, t)
   std::vector<int32_t> targets;  // (b, t)
+  // Packed examples (runtime/data/sft.h): (b, t), the row position where each token's example
+  // starts (0 <= doc_starts[t] <= t, each example a contiguous run); attention and positions
+  // stay inside the example. Empty: every row is one sequence.
+  std::vector<int32_t> doc_starts;
+};
+
+// What a data-parallel cursor (SampleStream) reads: rows by global index, and the state a
+// checkpoint saves. Pretraining windows (TrainingSamples) and fine-tuning rows
+// (runtime/data/sft.h) implement it.
+class SampleSource {
+ public:
+  virtual ~SampleSource() = default;
+  virtual int64_t seq_len() const = 0;
+  // Rows [first_global_index, first_global_index + batch) into `out`, resized to (batch,
+  // seq_len).
+  virtual absl::Status ReadBatch(int64_t first_global_index, int64_t batch,
+                                 TokenBatch& out) const = 0;
+  virtual DataLoaderState State(int64_t consumed_samples) const = 0;
+  virtual absl::Status CheckState(const DataLoaderState& state) const = 0;
 };
 
 // Random access to the sample sequence of one or more weighted sources. Thread-safe.
-class TrainingSamples {
+class TrainingSamples final : public SampleSource {
  public:
   // InvalidArgument when seq_len < 1, a weight is not finite and > 0, there are no sources, or a
   // source is too short for one sample (the message names the file and the counts).
@@ -107,6 +137,8 @@ class TrainingSamples {
                         int32_t* targets) const;
   // The same into a TokenBatch of `batch` rows.
   absl::StatusOr<TokenBatch> GetBatch(int64_t first_global_index, int64_t batch) const;
+  absl::Status ReadBatch(int64_t first_global_index, int64_t batch,
+                         TokenBatch& out) const override;
 
   struct Location {
     int source = 0;           // index into the sources
@@ -116,17 +148,17 @@ class TrainingSamples {
   };
   Location Locate(int64_t global_index) const;
 
-  int64_t seq_len() const { return options_.seq_len; }
+  int64_t seq_len() const override { return options_.seq_len; }
   int num_sources() const { return static_cast<int>(sources_.size()); }
   const TokenSource& source(int i) const { return *sources_[i].source; }
   double weight(int i) const { return weights_[i]; }  // normalised to sum 1
   int64_t samples_per_epoch(int i) const { return samples_per_epoch_[i]; }
 
   // The state to checkpoint after `consumed_samples` global samples.
-  DataLoaderState State(int64_t consumed_samples) const;
+  DataLoaderState State(int64_t consumed_samples) const override;
   // OK when `state` was written for the same seed, seq_len and sources (paths may differ: data
   // can move; token counts and weights may not). InvalidArgument naming the difference.
-  absl::Status CheckState(const DataLoaderState& state) const;
+  absl::Status CheckState(const DataLoaderState& state) const override;
 
  private:
   TrainingSamples() = default;
@@ -152,30 +184,45 @@ class TrainingSamples {
   mutable std::vector<int64_t> cached_local_;  // (kBlendBlock,)
 };
 
-// One data-parallel rank's cursor over TrainingSamples (see the header comment for the rule).
+// One data-parallel rank's cursor over a SampleSource (see the header comment for the rule).
 class SampleStream {
  public:
   // Requires 0 <= dp_rank < dp_size and micro_batch >= 1 (checked: LATTICE_CHECK).
-  SampleStream(std::shared_ptr<const TrainingSamples> samples, int64_t dp_rank, int64_t dp_size,
+  SampleStream(std::shared_ptr<const SampleSource> samples, int64_t dp_rank, int64_t dp_size,
                int64_t micro_batch);
   // This rank's next micro-batch: inputs (m, T), targets (m, T); then advances the position.
   absl::Status Next(int32_t* inputs, int32_t* targets);
   // The same into `out` (resized to (m, T)).
   absl::Status Next(TokenBatch& out);
   // Global index of this rank's next first sample.
-  int64_t next_global_index() const { return consumed_ + dp_rank_ * micro_batch_; }
+  int64_t next_global_index() const {
+    return NthUnskipped(consumed_, dp_rank_ * micro_batch_, skipped_);
+  }
   int64_t consumed_samples() const { return consumed_; }
-  DataLoaderState State() const { return samples_->State(consumed_); }
-  // Continues from a checkpointed state (CheckState first).
+  DataLoaderState State() const {
+    DataLoaderState s = samples_->State(consumed_);
+    s.skipped = skipped_;
+    return s;
+  }
+  // Continues from a checkpointed state (CheckState first), its skipped ranges included.
   absl::Status Restore(const DataLoaderState& state);
+  // Never yields the global samples [range.begin, range.end) (merged with the ranges skipped
+  // already). InvalidArgument unless 0 <= begin < end.
+  absl::Status Skip(const SampleRange& range);
+  const std::vector<SampleRange>& skipped() const { return skipped_; }
   void set_consumed_samples(int64_t consumed) { consumed_ = consumed; }
 
  private:
-  std::shared_ptr<const TrainingSamples> samples_;
+  // Next() when a skipped range lies ahead of the position.
+  absl::Status NextSkipping(TokenBatch& out);
+
+  std::shared_ptr<const SampleSource> samples_;
+  TokenBatch scratch_;  // Next(inputs, targets) reads through it
   int64_t dp_rank_;
   int64_t dp_size_;
   int64_t micro_batch_;
   int64_t consumed_ = 0;
+  std::vector<SampleRange> skipped_;  // merged
 };
 
 // Splits a source by documents: validation = the last round(n * val_fraction) documents (at

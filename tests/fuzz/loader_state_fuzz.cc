@@ -1,5 +1,5 @@
 // Fuzzes the checkpointed data-loader state (DataLoaderState::FromJson, runtime/data/dataset.h).
-// What parses must round-trip through ToJson() to the same state.
+// What parses must round-trip through ToJson() to the same state, skipped sample ranges included.
 #include <cstdint>
 
 #include "absl/strings/string_view.h"
@@ -20,6 +20,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Check(back.ok());
   Check(back->consumed_samples == state->consumed_samples && back->seed == state->seed &&
         back->seq_len == state->seq_len && back->sources.size() == state->sources.size());
+  // Skipped ranges (loss-spike rollbacks) come back as they were, and are in the merged form
+  // the loader keeps (sorted, disjoint, not touching, non-empty).
+  Check(back->skipped == state->skipped);
+  Check(MergeSampleRanges(state->skipped) == state->skipped);
+  for (const SampleRange& r : state->skipped) Check(0 <= r.begin && r.begin < r.end);
   for (size_t i = 0; i < state->sources.size(); ++i) {
     Check(back->sources[i].path == state->sources[i].path &&
           back->sources[i].num_tokens == state->sources[i].num_tokens &&

@@ -230,6 +230,9 @@ def json_seeds(out, deep):
     write(out, t, "duplicate_key", s.replace('"seed": 4', '"seed": 4, "seed": 5', 1))
     write(out, t, "huge_numbers", s.replace("1234", "18446744073709551615").replace("500", "-1"))
     write(out, t, "deep", "[" * deep + "]" * deep)
+    # Skipped sample ranges of loss-spike rollbacks: merged, and touching (refused).
+    write(out, t, "skipped", json.dumps(dict(state, skipped=[[80, 104], [200, 208]])))
+    write(out, t, "skipped_touching", json.dumps(dict(state, skipped=[[80, 104], [104, 108]])))
     t = "json"
     write(out, t, "mixed", '{"a": [1, -2, 3.5e10, "x\\u00e9\\ud83d\\ude00", true, false, null],'
           ' "b": {"c": {}}, "d": []}')

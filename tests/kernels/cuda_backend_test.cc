@@ -11,7 +11,10 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <map>
@@ -486,6 +489,38 @@ TEST_F(CudaBackendTest, CastsScalarsAndCopies) {
   e->Synchronize();
   EXPECT_TRUE(e->Query());
   EXPECT_GT(gpu_->GemmRate(1024, 1024, 1024, 0.05), 1000.0) << "under 1 TFLOP/s fp32 on a GPU";
+}
+
+// The two ceilings a GPU's figures are read against (METHOD: measure them once on the machine):
+// device-to-device copy bandwidth (bytes read plus written) and the fp32 GEMM rate, plain and
+// with TF32. Printed as "ceiling ..." lines for tests/gpu/run.sh's table; the checks only
+// reject figures no H100/A100 would give.
+TEST_F(CudaBackendTest, Ceilings) {
+  const int64_t n = int64_t{1} << 28;  // 1 GiB of floats per buffer: far past the L2
+  auto a = gpu_->AllocateStorage(n * 4), b = gpu_->AllocateStorage(n * 4);
+  gpu_->Fill(TensorView{a->data(), DType::kF32, n}, 1.5f);
+  const ConstView src(a->data(), DType::kF32, n);
+  const TensorView dst{b->data(), DType::kF32, n};
+  gpu_->Copy(dst, src);  // warm-up
+  gpu_->stream().Synchronize();
+  const int reps = 20;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) gpu_->Copy(dst, src);
+  gpu_->stream().Synchronize();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double gbs = 2.0 * n * 4 * reps / s / 1e9;
+  std::printf("ceiling copy_gbs=%.0f\n", gbs);
+  EXPECT_GT(gbs, 500.0);
+  const double fp32 = gpu_->GemmRate(8192, 8192, 8192, 1.0);
+  std::printf("ceiling sgemm_gflops=%.0f\n", fp32);
+  ::setenv("LATTICE_TF32", "1", 1);
+  absl::StatusOr<std::unique_ptr<Backend>> tf32 = kernels::cuda::CreateBackend(0);
+  ::unsetenv("LATTICE_TF32");
+  ASSERT_TRUE(tf32.ok()) << tf32.status();
+  const double tf = (*tf32)->GemmRate(8192, 8192, 8192, 1.0);
+  std::printf("ceiling tf32_gflops=%.0f\n", tf);
+  EXPECT_GT(fp32, 5000.0);
+  EXPECT_GT(tf, fp32);
 }
 
 }  // namespace

@@ -22,18 +22,12 @@ import time
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-LATTICE = os.environ.get("LATTICE_BIN", "build/lattice")
-SRC = os.environ.get("LATTICE_SOURCE_DIR",
-                     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "pylib"))
+from lattice_testing import LATTICE, SRC, check, finish  # noqa: E402
+
 GPT2 = os.path.join(SRC, "configs", "tiny-gpt2.yaml")
 LLAMA = os.path.join(SRC, "configs", "tiny-llama.yaml")
-failures = []
-
-
-def check(label, ok, detail=""):
-    print(("[ok] " if ok else "[FAIL] ") + label + ("" if ok else "\n  " + str(detail)))
-    if not ok:
-        failures.append(label)
 
 
 def tokens_file(path, ids):
@@ -48,7 +42,7 @@ def train(config, data, weights, *sets, steps=30):
             "--set", f"train.save_weights={weights}"]
     for s in sets:
         args += ["--set", s]
-    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(r.stderr)
 
@@ -157,11 +151,7 @@ def main():
         check("streams text while generating", got.startswith(b"the") and len(got) > 3 and
               running, (got[:40], running))
 
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures))
-        return 1
-    print("generation emitted only decodable ids, streamed, and said why it stopped")
-    return 0
+    return finish("generate_test")
 
 
 if __name__ == "__main__":

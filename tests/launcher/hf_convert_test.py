@@ -167,24 +167,36 @@ def parity(label, hf_dir, ckpt, data, windows, tmp, export_args):
     return out, json.loads(r.stdout), loss
 
 
-def greedy(label, hf_dir, ckpt, tokenizer, prompt="the quick brown fox", n=20):
+def greedy(label, hf_dir, ckpt, tokenizer, prompt="the quick brown fox", n=20, chat=False,
+           stop=None):
     """lattice generate --greedy on the converted checkpoint against transformers' greedy
     generate on the original directory, restricted to the ids the tokenizer has (lattice only
-    samples those: the model has more rows than the tokenizer has tokens)."""
+    samples those: the model has more rows than the tokenizer has tokens). With `chat`, lattice
+    gets --chat and transformers the ChatML text of docs/generate.md (lattice prints the reply
+    alone); with `stop`, lattice's text ends before the stop string's first occurrence.
+    Returns transformers' generated text (uncut)."""
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(tokenizer)
     r = must(["generate", "--config", os.path.join(ckpt, "config.yaml"), "--weights", ckpt,
-              "--prompt", prompt, "--greedy", "--max-new-tokens", str(n), "--stop-at-eot", "false"])
+              "--prompt", prompt, "--greedy", "--max-new-tokens", str(n), "--stop-at-eot", "false"]
+             + (["--chat"] if chat else []) + (["--stop", stop] if stop else []))
     m = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
-    ids = tok.encode(prompt).ids
+    text = f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n" if chat else prompt
+    ids = tok.encode(text).ids
     with torch.no_grad():
         out = m.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n,
                          do_sample=False, suppress_tokens=list(range(tok.get_vocab_size(), VOCAB)),
                          pad_token_id=0)
-    want = prompt + tok.decode(out[0, len(ids):].tolist())
+    generated = tok.decode(out[0, len(ids):].tolist())
+    cut = generated
+    for s in ([stop] if stop else []) + (["<|im_end|>"] if chat else []):
+        cut = cut[:cut.index(s)] if s in cut else cut
+    want = ("" if chat else prompt) + cut
     check(f"{label}: greedy generation equals transformers' greedy generate ({n} tokens: "
-          f"{want[len(prompt):]!r})",
-          r.stdout.rstrip("\n") == want, f"lattice {r.stdout!r}\n  transformers {want!r}")
+          f"{cut!r})",
+          r.stdout.rstrip("\n") == want and (stop is None or stop in generated),
+          f"lattice {r.stdout!r}\n  transformers {want!r}")
+    return generated
 
 
 def expect_error(label, args, *needles):
@@ -271,7 +283,9 @@ def main():
         must(["convert", "--from", "hf", llama_dir, "--to", l_ckpt])
         out, exported, l_loss = parity("llama", llama_dir, l_ckpt, data, windows, tmp,
                                        ["--max-shard-size", "20KB"])
-        greedy("llama", llama_dir, l_ckpt, tok)
+        generated = greedy("llama", llama_dir, l_ckpt, tok)
+        greedy("llama --chat", llama_dir, l_ckpt, tok, prompt="lazy dog", n=10, chat=True)
+        greedy("llama --stop", llama_dir, l_ckpt, tok, stop=generated[8:11])
         check("llama export is sharded with an index",
               "model.safetensors.index.json" in exported["files"] and
               sum(f.endswith(".safetensors") for f in exported["files"]) > 1, exported)

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "parallel/mpi_communicator.h"
@@ -269,6 +270,49 @@ TEST(WorldCommunicatorTest, ByHandIsAWorldOfOne) {
   EXPECT_EQ((*world)->size(), 1);
   absl::StatusOr<std::unique_ptr<Communicator>> mpi_world = CreateMpiWorldCommunicator();
   EXPECT_FALSE(mpi_world.ok());
+}
+
+// Names and timeouts pass from a communicator to the ones split from it (SplitGrid then names
+// the grid's groups "tp", "dp", ...).
+TEST(CommTimeoutTest, SplitsInheritNameAndTimeout) {
+  SelfCommunicator c;
+  EXPECT_EQ(c.name(), "world");
+  EXPECT_EQ(c.timeout().seconds, kDefaultCommTimeoutSeconds);
+  EXPECT_TRUE(c.timeout().abort);
+  CommTimeout t;
+  t.seconds = 7.5;
+  t.abort = false;
+  t.abort_watchdog_seconds = 3;
+  c.set_timeout(t);
+  c.set_name("dp");
+  absl::StatusOr<std::unique_ptr<Communicator>> s = c.Split(0, 0);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ((*s)->name(), "dp/split");
+  EXPECT_EQ((*s)->timeout(), t);
+  absl::StatusOr<std::unique_ptr<Communicator>> node = c.SplitByNode();
+  ASSERT_TRUE(node.ok()) << node.status();
+  EXPECT_EQ((*node)->name(), "dp/node");
+  EXPECT_EQ((*node)->timeout(), t);
+}
+
+TEST(CommTimeoutTest, EnvironmentOverridesTheConfiguredSeconds) {
+  CommTimeout configured;
+  configured.seconds = 600;
+  configured.abort_watchdog_seconds = 12;
+  absl::StatusOr<CommTimeout> unset = ApplyCommTimeoutEnv(configured, nullptr);
+  ASSERT_TRUE(unset.ok());
+  EXPECT_EQ(*unset, configured);
+  absl::StatusOr<CommTimeout> set = ApplyCommTimeoutEnv(configured, " 2.5 ");
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->seconds, 2.5);
+  EXPECT_EQ(set->abort_watchdog_seconds, 12);  // only the seconds are overridden
+  for (const char* bad : {"", "ten", "0", "-3", "inf", "nan"}) {
+    absl::StatusOr<CommTimeout> r = ApplyCommTimeoutEnv(configured, bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(r.status().message(),
+                HasSubstr(absl::StrCat("LATTICE_COMM_TIMEOUT_S=\"", bad, "\"")));
+  }
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <map>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "parallel/communicator.h"
@@ -164,6 +165,94 @@ TEST(LaunchEnvTest, DiscoverOnAWorldOfOne) {
   EXPECT_EQ(e->local_source, "single process");
   EXPECT_EQ(e->slurm_job_id, "12");
   EXPECT_FALSE(e->hostname.empty());
+}
+
+// ---- Device selection by local rank ----
+
+TEST(DeviceAssignmentTest, LocalRankModuloTheVisibleDevices) {
+  // 8 ranks on a node of 4 GPUs: 0-3 get devices 0-3, 4-7 wrap around.
+  for (int local = 0; local < 8; ++local) {
+    absl::StatusOr<DeviceAssignment> a = AssignDevice(local, 4, FakeEnv({}));
+    ASSERT_TRUE(a.ok()) << a.status();
+    EXPECT_EQ(a->device, local % 4);
+    EXPECT_EQ(a->visible, 4);
+    EXPECT_EQ(a->source, absl::StrCat("local rank ", local, " mod 4 visible devices"));
+    EXPECT_EQ(a->physical, "");
+  }
+  absl::StatusOr<DeviceAssignment> a = AssignDevice(5, 4, FakeEnv({}));
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->ToString(), "device 1 (local rank 5 mod 4 visible devices)");
+}
+
+TEST(DeviceAssignmentTest, TheCpuBackendHasNoDevice) {
+  absl::StatusOr<DeviceAssignment> a = AssignDevice(3, 0, FakeEnv({}));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->device, -1);
+  EXPECT_EQ(a->ToString(), "cpu");
+  // LATTICE_DEVICE is still checked, then has nothing to pick.
+  a = AssignDevice(3, 0, FakeEnv({{"LATTICE_DEVICE", "1"}}));
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->ToString(), "cpu");
+  EXPECT_FALSE(AssignDevice(3, 0, FakeEnv({{"LATTICE_DEVICE", "gpu1"}})).ok());
+}
+
+TEST(DeviceAssignmentTest, LatticeDeviceOverridesTheLocalRank) {
+  absl::StatusOr<DeviceAssignment> a = AssignDevice(0, 4, FakeEnv({{"LATTICE_DEVICE", "3"}}));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->device, 3);
+  EXPECT_EQ(a->source, "LATTICE_DEVICE=3");
+  for (const char* bad : {"4", "-1", "one"}) {
+    absl::StatusOr<DeviceAssignment> b = AssignDevice(0, 4, FakeEnv({{"LATTICE_DEVICE", bad}}));
+    ASSERT_FALSE(b.ok()) << bad;
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(b.status().message(), HasSubstr("LATTICE_DEVICE"));
+  }
+}
+
+// Slurm's gres sets CUDA_VISIBLE_DEVICES: per job ("0,1,2,3": every task sees the node's GPUs,
+// and the local rank picks one) or per task ("2" with --gpus-per-task=1: each task sees one GPU,
+// which is its device 0 whatever its local rank).
+TEST(DeviceAssignmentTest, HonoursCudaVisibleDevices) {
+  absl::StatusOr<DeviceAssignment> a =
+      AssignDevice(6, 4, FakeEnv({{"CUDA_VISIBLE_DEVICES", "4,5,6,7"}}));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->device, 2);
+  EXPECT_EQ(a->physical, "6");
+  EXPECT_EQ(a->ToString(),
+            "device 2 (CUDA_VISIBLE_DEVICES entry 6; local rank 6 mod 4 visible devices)");
+  a = AssignDevice(3, 1, FakeEnv({{"CUDA_VISIBLE_DEVICES", "2"}}));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->device, 0);
+  EXPECT_EQ(a->physical, "2");
+  // A backend that sees another count than the variable lists is a broken environment.
+  absl::StatusOr<DeviceAssignment> bad =
+      AssignDevice(0, 2, FakeEnv({{"CUDA_VISIBLE_DEVICES", "0,1,2"}}));
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("lists 3 devices but the backend sees 2"));
+}
+
+TEST(DeviceAssignmentTest, UnknownLocalRankIsRefused) {
+  absl::StatusOr<DeviceAssignment> a = AssignDevice(-1, 4, FakeEnv({}));
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(a.status().message(), HasSubstr("DiscoverLaunchEnv"));
+}
+
+TEST(DeviceAssignmentTest, NodeLine) {
+  LaunchEnv launch;
+  launch.hostname = "n1";
+  launch.local_rank = 0;
+  launch.local_size = 3;
+  absl::StatusOr<std::string> line = DescribeNodeDevices(launch, 2, FakeEnv({}));
+  ASSERT_TRUE(line.ok()) << line.status();
+  EXPECT_EQ(*line, "host n1: 3 local ranks, 2 visible devices: local rank 0 -> device 0, 1 -> "
+                   "device 1, 2 -> device 0");
+  line = DescribeNodeDevices(launch, 2, FakeEnv({{"CUDA_VISIBLE_DEVICES", "3,7"}}));
+  ASSERT_TRUE(line.ok()) << line.status();
+  EXPECT_THAT(*line, HasSubstr("1 -> device 1 (CUDA_VISIBLE_DEVICES entry 7)"));
+  line = DescribeNodeDevices(launch, 0, FakeEnv({}));
+  ASSERT_TRUE(line.ok()) << line.status();
+  EXPECT_EQ(*line, "host n1: 3 local ranks, CPU backend (no devices): every local rank -> cpu");
 }
 
 }  // namespace

@@ -10,6 +10,9 @@
 #include <string>
 
 #include "model/decoder.h"
+#include "parallel/data_parallel.h"
+#include "parallel/engine.h"
+#include "parallel/process_grid.h"
 
 namespace lattice {
 namespace {
@@ -114,6 +117,61 @@ TEST(PlannerTest, ClusterDescriptionsRefuseBadValues) {
               HasSubstr("hbm_gb=-8"));
   EXPECT_THAT(std::string(ParseClusterSpec(ok + "typo: 1\n", "c.yaml").status().message()),
               HasSubstr("unknown key 'typo'"));
+}
+
+// A "cpu" description (what `lattice bench --calibrate` writes): its keys parse, the CPU-only
+// ones are required, and the memory prediction is the engine's own plan plus the measured
+// overheads, exactly (tests/parallel/planner_cpu_test.py checks it against measured runs).
+TEST(PlannerTest, CpuDescriptionPredictsTheEnginesPlan) {
+  const std::string cpu =
+      "name: cpu\ndevice: y\nbackend: cpu\ncalibrated: \"today\"\ngpus_per_node: 2\n"
+      "cores_per_node: 2\nthreads_per_rank: 1\npeak_tflops: 0.1\nhbm_gb: 16\n"
+      "hbm_tb_per_s: 0.02\nnvlink_gb_per_s: 2\nnvlink_latency_us: 1\nnetwork_gb_per_s: 2\n"
+      "network_latency_us: 1\nreserved_gb: 0.01\nreserved_mpi_gb: 0.002\n"
+      "reserved_mpi_per_byte: 1\nreserved_mpi_p2p_per_byte: 0.5\ngemm_efficiency: 0.8\n"
+      "attention_efficiency: 0.2\nmemory_efficiency: 1.5\noptimizer_gb_per_s: 10\n"
+      "kernel_overhead_us: 0\ntp_overlap: 0\ndp_overlap: 0\npp_overlap: 0\n";
+  absl::StatusOr<ClusterSpec> c = ParseClusterSpec(cpu, "cpu.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->backend, "cpu");
+  EXPECT_DOUBLE_EQ(c->optimizer_bandwidth, 10e9);
+  EXPECT_DOUBLE_EQ(c->reserved_mpi_per_byte, 1.0);
+  std::string no_cores = cpu;
+  no_cores.replace(no_cores.find("cores_per_node: 2"), 17, "cores_per_node: 0");
+  EXPECT_THAT(std::string(ParseClusterSpec(no_cores, "cpu.yaml").status().message()),
+              HasSubstr("needs cores_per_node"));
+
+  // dp=2 without ZeRO-1 on the demo shape: the engine's plan + reserved + MPI fixed + MPI per
+  // byte of the gradient bucket (the whole model here, under the 25 MiB bucket) + the batches.
+  ModelConfig m = Gpt(4, 192, 6);
+  m.vocab_size = 4096;
+  m.vocab_pad_multiple = 64;
+  m.seq_len = 128;
+  PlanLayout lay;
+  lay.dp = 2;
+  lay.micro_batch = 8;
+  lay.zero1 = false;
+  absl::StatusOr<PlanEntry> e = PredictLayout(m, *c, lay, 16);
+  ASSERT_TRUE(e.ok()) << e.status();
+  Config cfg;
+  cfg.model = m;
+  cfg.parallel.dp = 2;
+  cfg.train.micro_batch_size = 8;
+  cfg.train.global_batch_size = 16;
+  ASSERT_TRUE(cfg.ValidateLayout(2).ok());
+  absl::StatusOr<ProcessGrid> g = ProcessGrid::Create(2, 0, 1, 1, 2);
+  ASSERT_TRUE(g.ok());
+  absl::StatusOr<EngineMemory> plan =
+      ParallelEngine::PlanMemory(cfg, *g, ParallelEngine::ShardFor(cfg, *g), 1, kDefaultBucketBytes);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const double batches = 8.0 * 1 * 8 * 128;  // int32 inputs + targets of one micro-batch
+  const double expected = static_cast<double>(plan->params + plan->grads +
+                                              plan->optimizer_state + plan->comm_buffers +
+                                              plan->activations_peak + plan->scratch) +
+                          0.01e9 + 0.002e9 + 1.0 * static_cast<double>(plan->params) + batches;
+  EXPECT_DOUBLE_EQ(e->memory.total(), expected);
+  EXPECT_GT(e->time.dp_comm, 0);
+  EXPECT_GT(e->time.compute, 0);
 }
 
 }  // namespace
