@@ -26,6 +26,18 @@
 namespace lattice {
 namespace {
 
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAddressSanitizer = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAddressSanitizer = true;
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+#else
+constexpr bool kAddressSanitizer = false;
+#endif
+
 // Peak resident set of this process so far, in bytes (runtime/system.h: VmHWM).
 int64_t PeakRssBytes() {
   const int64_t bytes = PeakResidentBytes();
@@ -118,6 +130,13 @@ TEST(LongContext, TinyLlamaTrainsAt8192WithLinearMemory) {
   std::printf("peak RSS grew by %.1f MiB; the plan at 8192 is %.1f MiB; (B,H,T,T) would be "
               "%.0f MiB\n",
               grown / 1048576.0, runs[8192].planned_total / 1048576.0, quadratic / 1048576.0);
+  if (kAddressSanitizer) {
+    // ASan's shadow memory, redzones and its quarantine of freed blocks (up to 256 MiB) are
+    // part of VmHWM there: the RSS says nothing about lattice's memory. The activation bytes
+    // above are the exact check; the RSS bounds hold in the normal build.
+    std::printf("AddressSanitizer build: peak-RSS bounds not applied\n");
+    return;
+  }
   EXPECT_LT(grown, runs[8192].planned_total * 3 / 2 + (64LL << 20));
   EXPECT_LT(grown, quadratic / 4);
 }
