@@ -178,6 +178,11 @@ class Backend {
   virtual void CopyToHost(void* host, DType host_dtype, ConstView src, int64_t n) = 0;
   virtual void Zero(TensorView x) = 0;
   virtual void Fill(TensorView x, float value) = 0;
+  // x (f32) = x rounded to `storage` (kBF16 or kF16, round to nearest even) and read back:
+  // what a store to that dtype and a load give (kernels/mixed_precision.h, RoundThrough). The
+  // op of mixed-precision storage on fp32 buffers (kernels/storage_rounding_backend.h) and of
+  // the optimizer's compute copy.
+  virtual void RoundThrough(TensorView x, DType storage) = 0;
   virtual Stream& stream() = 0;
   virtual std::unique_ptr<Event> CreateEvent() = 0;
   // Worker threads of the backend (CPU: the OpenMP team; a GPU backend's host threads).
@@ -356,6 +361,11 @@ class Backend {
 
 // The process's backend for code that is not handed one (today: the CPU backend).
 Backend& DefaultBackend();
+
+// Mixed-precision storage on a backend that computes in fp32: a backend over `inner` that
+// rounds every stored activation to `storage` (kBF16 or kF16); kernels/storage_rounding_backend.h
+// says what is rounded. `inner` must outlive it.
+std::unique_ptr<Backend> MakeStorageRoundingBackend(Backend& inner, DType storage);
 
 }  // namespace lattice::kernels
 

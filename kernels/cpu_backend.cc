@@ -14,6 +14,7 @@
 #include "kernels/layernorm.h"
 #include "kernels/math_cpu.h"
 #include "kernels/matmul.h"
+#include "kernels/mixed_precision.h"
 #include "kernels/residual.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
@@ -137,6 +138,13 @@ void CpuBackend::Fill(TensorView x, float value) {
   Need(x, x.numel, "fill", "x");
   float* p = x.f32();
   for (int64_t i = 0; i < x.numel; ++i) p[i] = value;
+}
+
+void CpuBackend::RoundThrough(TensorView x, DType storage) {
+  Need(x, x.numel, "round_through", "x");
+  LATTICE_CHECK_MSG(storage == DType::kBF16 || storage == DType::kF16,
+                    "backend round_through: storage must be bf16 or f16");
+  cpu::RoundThrough(x.f32(), x.numel, storage);
 }
 
 std::unique_ptr<Event> CpuBackend::CreateEvent() { return std::make_unique<CpuEvent>(); }

@@ -32,6 +32,7 @@ class CpuBackend final : public Backend {
   void CopyToHost(void* host, DType host_dtype, ConstView src, int64_t n) override;
   void Zero(TensorView x) override;
   void Fill(TensorView x, float value) override;
+  void RoundThrough(TensorView x, DType storage) override;
   Stream& stream() override { return stream_; }
   std::unique_ptr<Event> CreateEvent() override;
   void SetNumThreads(int n) override;

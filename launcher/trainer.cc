@@ -201,6 +201,8 @@ absl::Status Trainer::LoadInitialWeights() {
   } else {
     loaded = LoadWeightsFile(path, cfg_.model, weights);
   }
+  // bf16/fp16: these weights are the new fp32 masters (rounded into the compute copy).
+  if (loaded.ok()) engine_->WeightsLoaded(/*masters_loaded=*/false);
   if (loaded.ok() && from && is_logger()) {
     std::printf("lattice train: %s: starting from the weights of %s (fresh optimizer, iteration "
                 "0)\n", key, path.c_str());
@@ -212,9 +214,13 @@ CheckpointContents Trainer::Contents() const {
   CheckpointContents c;
   c.iteration = engine_->iteration();
   c.optimizer_step = engine_->optimizer().step();
-  // fp32 has no loss scaler: every skipped iteration is one with a NaN/Inf loss or norm.
-  c.skipped_iterations = nan_iterations_;
+  // Skipped: every iteration without an update; NaN: those whose loss or norm was not finite
+  // for another reason than an fp16 overflow (all of them without fp16).
+  c.skipped_iterations = skipped_iterations_;
   c.nan_iterations = nan_iterations_;
+  if (const DynamicLossScaler* scaler = engine_->loss_scaler()) {
+    c.loss_scaler = scaler->StateJson().dump();
+  }
   c.seed = cfg_.train.seed;
   c.data_state = train_->State().ToJson();
   c.config_yaml = cfg_.ToYaml();
@@ -241,13 +247,27 @@ absl::Status Trainer::ResumeFrom(const std::string& dir, bool announce) {
   // Everything is checked on every rank before any rank reads a box.
   LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world_, ok));
   const auto start = std::chrono::steady_clock::now();
-  LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world_, ReadState(**reader, *registry_)));
+  bool masters_loaded = false;
+  LATTICE_RETURN_IF_ERROR(
+      AgreeOnStatus(world_, ReadState(**reader, *registry_, &masters_loaded)));
+  // bf16/fp16: the masters come from the checkpoint when it has them (a mixed-precision run's),
+  // otherwise from its weights; the weights become their compute copy.
+  engine_->WeightsLoaded(masters_loaded);
+  absl::Status scaler_ok;
+  if (DynamicLossScaler* scaler = engine_->loss_scaler();
+      scaler != nullptr && !(*reader)->index().loss_scaler.empty()) {
+    scaler_ok = Annotate(
+        scaler->LoadStateJson(nlohmann::json::parse((*reader)->index().loss_scaler)),
+        absl::StrCat(dir, ": loss_scaler"));
+  }
+  LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world_, scaler_ok));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const CheckpointIndex& idx = (*reader)->index();
   engine_->set_iteration(idx.iteration);
   engine_->optimizer().set_step(idx.optimizer_step);
   nan_iterations_ = idx.nan_iterations;
+  skipped_iterations_ = idx.skipped_iterations;
   resumed_from_ = dir;
   spike_.Anchor(idx.iteration);  // a rollback may go back to here
   // Bytes read by this rank, summed over the ranks for the report.
@@ -398,7 +418,10 @@ absl::StatusOr<StepMetrics> Trainer::Step() {
   m.grad_norm = r.grad_norm;
   // Megatron's behaviour for a non-finite loss or norm: skip the update, count it, go on.
   m.skipped = r.skipped;
-  nan_iterations_ += r.skipped ? 1 : 0;
+  m.overflow = r.overflow;
+  m.loss_scale = r.loss_scale;
+  skipped_iterations_ += r.skipped ? 1 : 0;
+  nan_iterations_ += r.skipped && !r.overflow ? 1 : 0;
   const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   const double tokens = static_cast<double>(micro_batches_ * mbs * dp_ * cfg_.model.seq_len);
   m.step_ms = ms;
@@ -429,9 +452,8 @@ absl::StatusOr<double> Trainer::Evaluate() {
 absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss,
                                    double checkpoint_ms, bool save_in_flight) {
   if (metrics_ == nullptr && tensorboard_ == nullptr) return absl::OkStatus();
-  // fp32 training has no loss scaler: the scale is 1 (as the console line prints). Memory is
-  // rank 0's peak resident set so far. MFU only where the device's peak is known.
-  constexpr double kLossScale = 1.0;
+  // The loss scale is 1 without fp16 (as the console line prints). Memory is rank 0's peak
+  // resident set so far. MFU only where the device's peak is known.
   const double peak_rss_mib = PeakResidentBytes() / 1048576.0;
   const double peak = cfg_.train.peak_tflops;
   if (tensorboard_ != nullptr) {
@@ -443,7 +465,7 @@ absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss,
         {"train/step_ms", static_cast<float>(m.step_ms)},
         {"train/tflops", static_cast<float>(m.tflops)},
         {"train/peak_rss_mib", static_cast<float>(peak_rss_mib)},
-        {"train/loss_scale", static_cast<float>(kLossScale)}};
+        {"train/loss_scale", m.loss_scale}};
     if (peak > 0) s.push_back({"train/mfu", static_cast<float>(m.tflops / peak)});
     if (val_loss != nullptr) s.push_back({"val/loss", static_cast<float>(*val_loss)});
     LATTICE_RETURN_IF_ERROR(tensorboard_->AddScalars(m.step, s));
@@ -465,7 +487,8 @@ absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss,
                       {"layout", engine_->LayoutString()},
                       {"comm_bytes_rank0", m.comm_bytes},
                       {"peak_in_flight_rank0", m.peak_in_flight},
-                      {"loss_scale", kLossScale},
+                      {"loss_scale", m.loss_scale},
+                      {"overflow", m.overflow},
                       {"peak_rss_mib", peak_rss_mib}};
   if (peak > 0) j["mfu"] = m.tflops / peak;
   // The training loop's pause for checkpoints at this step boundary (a sync save, an async
@@ -488,7 +511,8 @@ absl::Status Trainer::WriteMetrics(const StepMetrics& m, const double* val_loss,
 }
 
 absl::StatusOr<bool> Trainer::CheckSpike(const StepMetrics& m) {
-  const SpikeVerdict verdict = spike_.Observe(m.step, m.loss, m.skipped);
+  // An fp16 overflow is the loss scaler's business (it backs off), not a divergence.
+  const SpikeVerdict verdict = spike_.Observe(m.step, m.loss, m.skipped && !m.overflow);
   // Every rank learns, at this step boundary, whether any rank's detector triggered (one MAX
   // all-reduce, as preemption agrees): all of them roll back together or none does. The value
   // names the highest rank that saw it, for the message of the ranks that did not.
@@ -717,11 +741,12 @@ absl::Status Trainer::Run() {
       std::printf(
           " iteration %8lld/%8lld | consumed samples: %12lld | elapsed time per iteration (ms): "
           "%.1f | throughput per GPU (TFLOP/s/GPU): %.3f | tokens per second: %.0f | learning "
-          "rate: %.6E | global batch size: %5lld | lm loss: %.6E | loss scale: 1.0 | grad norm: "
+          "rate: %.6E | global batch size: %5lld | lm loss: %.6E | loss scale: %.1f | grad norm: "
           "%.3f | number of skipped iterations: %3lld | number of nan iterations: %3lld |\n",
           static_cast<long long>(m.step), static_cast<long long>(cfg_.train.steps),
           static_cast<long long>(m.consumed_samples), m.step_ms, m.tflops, m.tokens_per_s, m.lr,
-          static_cast<long long>(gbs), m.loss, m.grad_norm, static_cast<long long>(m.skipped),
+          static_cast<long long>(gbs), m.loss, static_cast<double>(m.loss_scale), m.grad_norm,
+          static_cast<long long>(m.skipped),
           static_cast<long long>(nan_iterations_));
     }
     if (have_val && is_logger()) {

@@ -52,6 +52,8 @@ struct StepMetrics {
   double tflops = 0;  // achieved model TFLOP/s (REFERENCE.md section 4 convention)
   int64_t consumed_samples = 0;
   bool skipped = false;
+  bool overflow = false;    // fp16: skipped because the gradients overflowed (not a NaN loss)
+  float loss_scale = 1.0f;  // fp16: the loss scale after this step; 1 otherwise
   int64_t comm_bytes = 0;   // bytes this rank sent in the step (all groups, bus-bytes convention)
   int peak_in_flight = 0;   // micro-batch activation sets alive at once on this rank
 };
@@ -119,6 +121,8 @@ class Trainer {
   std::shared_ptr<const SampleSource> val_;  // null without validation data
   int64_t micro_batches_ = 1;  // local micro-batches per step: gbs / (mbs * dp)
   int64_t nan_iterations_ = 0;
+  // Iterations without an update: the NaN ones and the fp16 overflows (Megatron's counters).
+  int64_t skipped_iterations_ = 0;
   FILE* metrics_ = nullptr;
   std::unique_ptr<TensorBoardWriter> tensorboard_;  // train.tensorboard_dir, rank 0 only
   std::vector<TokenBatch> batches_;

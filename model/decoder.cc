@@ -162,6 +162,7 @@ std::vector<std::pair<std::string, Shape>> Decoder::ParameterShapes(const ModelC
 Decoder::Decoder(const ModelConfig& cfg, int64_t batch, const ModelShard& shard,
                  TensorParallelOps* tp, const DecoderOptions& options)
     : cfg_(cfg), batch_(batch), shard_(shard), tp_(tp), recompute_(options.recompute) {
+  if (options.backend != nullptr) be_ = options.backend;
   // A chunk never exceeds the rows of a micro-batch (the scratch is one chunk).
   cls_chunk_ = std::max<int64_t>(1, std::min(options.classifier_chunk, batch * cfg.seq_len));
   llama_ = cfg.arch == Arch::kLlama;

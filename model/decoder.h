@@ -77,7 +77,12 @@ struct DecoderOptions {
   // scratch is chunk x (Vp/tp + 4) floats. 256 gives the CPU's GEMMs ~77 flops per byte of
   // weight traffic (docs/precision.md), well above a CPU's ridge point.
   int64_t classifier_chunk = 256;
-  static DecoderOptions From(const TrainConfig& t) { return {t.recompute, t.classifier_chunk}; }
+  // The backend every op runs on (null: kernels::DefaultBackend()); it must outlive the
+  // decoder. The engine passes a kernels::StorageRoundingBackend for bf16/fp16.
+  kernels::Backend* backend = nullptr;
+  static DecoderOptions From(const TrainConfig& t) {
+    return {t.recompute, t.classifier_chunk, nullptr};
+  }
 };
 
 struct ForwardResult {

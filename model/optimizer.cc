@@ -44,6 +44,31 @@ AdamW::AdamW(const TrainConfig& cfg, std::vector<OptimizerSegment> segments, int
   const int64_t bytes = state_numel * static_cast<int64_t>(sizeof(float));
   m_ = Tensor(be_->AllocateStorage(bytes), 0, {state_numel}, DType::kF32);
   v_ = Tensor(be_->AllocateStorage(bytes), 0, {state_numel}, DType::kF32);
+  LATTICE_CHECK_MSG(cfg_.precision == DType::kF32 || cfg_.precision == DType::kBF16 ||
+                        cfg_.precision == DType::kF16,
+                    "train.precision must be fp32, bf16 or fp16");
+  if (cfg_.precision != DType::kF32) {
+    master_ = Tensor(be_->AllocateStorage(bytes), 0, {state_numel}, DType::kF32);
+  }
+}
+
+void AdamW::InitMastersFrom(float* values, int64_t numel) {
+  if (!master_.defined()) return;
+  const kernels::TensorView master = kernels::ViewOf(master_);
+  for (const OptimizerSegment& s : segments_) {
+    be_->Copy(master.Sub(s.state_offset, s.numel()), kernels::F32View(values + s.begin, s.numel()));
+  }
+  be_->RoundThrough(kernels::F32View(values, numel), cfg_.precision);
+}
+
+void AdamW::WriteComputeCopy(float* values) {
+  if (!master_.defined()) return;
+  const kernels::TensorView master = kernels::ViewOf(master_);
+  for (const OptimizerSegment& s : segments_) {
+    const kernels::TensorView out = kernels::F32View(values + s.begin, s.numel());
+    be_->Copy(out, master.Sub(s.state_offset, s.numel()));
+    be_->RoundThrough(out, cfg_.precision);
+  }
 }
 
 AdamW::AdamW(const ParameterSet& params, const TrainConfig& cfg, kernels::Backend& backend)
@@ -64,8 +89,18 @@ void AdamW::UpdateSegments(size_t first, size_t last, float* values, const float
     const OptimizerSegment& s = segments_[i];
     const int64_t n = s.numel();
     args.weight_decay = s.weight_decay ? cfg_.weight_decay : 0.0f;
-    be_->AdamWUpdate(kernels::F32View(values + s.begin, n), kernels::F32View(grads + s.begin, n),
-                     m.Sub(s.state_offset, n), v.Sub(s.state_offset, n), n, args);
+    const kernels::TensorView out = kernels::F32View(values + s.begin, n);
+    if (!master_.defined()) {
+      be_->AdamWUpdate(out, kernels::F32View(grads + s.begin, n), m.Sub(s.state_offset, n),
+                       v.Sub(s.state_offset, n), n, args);
+      continue;
+    }
+    // Mixed precision: the fp32 master moves; the parameters are its rounded copy.
+    const kernels::TensorView master = kernels::ViewOf(master_).Sub(s.state_offset, n);
+    be_->AdamWUpdate(master, kernels::F32View(grads + s.begin, n), m.Sub(s.state_offset, n),
+                     v.Sub(s.state_offset, n), n, args);
+    be_->Copy(out, master);
+    be_->RoundThrough(out, cfg_.precision);
   }
 }
 

@@ -9,8 +9,12 @@
 //   - ZeRO-1 (Megatron's distributed optimizer): the segments are this data-parallel rank's
 //     shard (parallel/data_parallel.h, ShardSegments), so the moments cost 8 bytes per element
 //     of the shard, and parallel/ all-gathers the updated parameters afterwards.
-// The fp32 model is its own master copy: the update writes the parameters in place. The update
-// and the moments live on the parameters' backend (kernels/backend.h: one AdamW op per segment).
+// With train.precision fp32 the model is its own master copy: the update writes the parameters
+// in place. With bf16/fp16 (docs/precision.md) the optimizer also owns fp32 MASTER weights for
+// its segments (laid out like the moments, so with ZeRO-1 only the shard's): the update runs on
+// the master, then writes the parameters as the master rounded to the compute dtype (the
+// compute copy every op reads; ZeRO-1 all-gathers those). The update, the moments and the
+// masters live on the parameters' backend (kernels/backend.h: one AdamW op per segment).
 //
 // Two counters: the optimizer's step (updates applied, used for Adam's bias correction) is not
 // the trainer's iteration (steps attempted, used for the learning-rate schedule). A skipped
@@ -67,18 +71,35 @@ class AdamW {
   // BeginStep + every segment.
   void Step(const ParameterSet& params, float lr, float grad_scale);
 
+  // Mixed precision: master[segment] = values[segment] (fp32) for every segment, then values =
+  // values rounded to the compute dtype over [0, numel) (every element the rank holds: the
+  // replicas round the same values to the same bits). Called after the weights are
+  // initialised or loaded without masters. No-op for fp32.
+  void InitMastersFrom(float* values, int64_t numel);
+  // Mixed precision: values = the masters rounded (after a checkpoint loaded the masters), for
+  // this optimizer's segments. No-op for fp32.
+  void WriteComputeCopy(float* values);
+  bool has_masters() const { return master_.defined(); }
+  DType compute_dtype() const { return cfg_.precision; }
+  const Tensor& master() const { return master_; }  // (state_numel,) or undefined (fp32)
+
   int64_t step() const { return step_; }
   void set_step(int64_t s) { step_ = s; }
   const std::vector<OptimizerSegment>& segments() const { return segments_; }
   const Tensor& m() const { return m_; }  // (state_numel,) first moments
   const Tensor& v() const { return v_; }  // (state_numel,) second moments
-  int64_t state_bytes() const { return static_cast<int64_t>(m_.nbytes() + v_.nbytes()); }
+  // Moments, and masters under mixed precision.
+  int64_t state_bytes() const {
+    return static_cast<int64_t>(m_.nbytes() + v_.nbytes() +
+                                (master_.defined() ? master_.nbytes() : 0));
+  }
 
  private:
   TrainConfig cfg_;
   kernels::Backend* be_;
   std::vector<OptimizerSegment> segments_;
   Tensor m_, v_;
+  Tensor master_;  // mixed precision only
   int64_t step_ = 0;
 };
 

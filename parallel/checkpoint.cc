@@ -293,13 +293,15 @@ void MergeAdjacent(std::vector<StatePiece>* pieces) {
 std::string ModelKey(const std::string& param) { return "model/" + param; }
 std::string ExpAvgKey(const std::string& param) { return "optimizer/exp_avg/" + param; }
 std::string ExpAvgSqKey(const std::string& param) { return "optimizer/exp_avg_sq/" + param; }
+std::string MasterKey(const std::string& param) { return "optimizer/master/" + param; }
 
 // ---- The registry --------------------------------------------------------------------------
 
 TrainStateRegistry TrainStateRegistry::ForRank(const ModelConfig& cfg, ParameterSet& params,
                                                const BucketLayout& layout, int dp_rank,
                                                const std::vector<OptimizerSegment>& segments,
-                                               float* m, float* v, int64_t state_numel) {
+                                               float* m, float* v, int64_t state_numel,
+                                               float* master) {
   TrainStateRegistry reg;
   reg.params_ = &params;
   reg.model_ = cfg;
@@ -310,6 +312,8 @@ TrainStateRegistry TrainStateRegistry::ForRank(const ModelConfig& cfg, Parameter
   const std::vector<Parameter>& ps = params.params();
   float* values = params.flat_values().f32();
   const bool with_optimizer = m != nullptr && v != nullptr;
+  const bool with_master = with_optimizer && master != nullptr;
+  reg.master_ = with_master ? master : nullptr;
 
   // The optimizer segments by flat position, to find where a flat element's moments live.
   std::vector<const OptimizerSegment*> by_begin;
@@ -337,6 +341,10 @@ TrainStateRegistry TrainStateRegistry::ForRank(const ModelConfig& cfg, Parameter
       slot[ExpAvgSqKey(p.name)] = reg.tensors_.size();
       reg.tensors_.push_back(StateTensor{ExpAvgSqKey(p.name), shape, {}, {}});
     }
+    if (with_master) {
+      slot[MasterKey(p.name)] = reg.tensors_.size();
+      reg.tensors_.push_back(StateTensor{MasterKey(p.name), shape, {}, {}});
+    }
   }
 
   // Saves: this data-parallel rank's chunk of every bucket, owned rows only.
@@ -349,6 +357,9 @@ TrainStateRegistry TrainStateRegistry::ForRank(const ModelConfig& cfg, Parameter
                  reg.tensors_[slot[ModelKey(p.name)]].saves.push_back({box, values + flat});
                  if (with_optimizer) {
                    const int64_t si = state_index(flat, box.numel());
+                   if (with_master) {
+                     reg.tensors_[slot[MasterKey(p.name)]].saves.push_back({box, master + si});
+                   }
                    reg.tensors_[slot[ExpAvgKey(p.name)]].saves.push_back({box, m + si});
                    reg.tensors_[slot[ExpAvgSqKey(p.name)]].saves.push_back({std::move(box), v + si});
                  }
@@ -370,6 +381,9 @@ TrainStateRegistry TrainStateRegistry::ForRank(const ModelConfig& cfg, Parameter
       ForEachBox(p, s.begin - p.offset, s.end - p.offset, StoredRows(p, cfg.vocab_size),
                  /*owners_only=*/false, [&](Box box, int64_t local) {
                    const int64_t si = s.state_offset + (p.offset + local - s.begin);
+                   if (with_master) {
+                     reg.tensors_[slot[MasterKey(p.name)]].loads.push_back({box, master + si});
+                   }
                    reg.tensors_[slot[ExpAvgKey(p.name)]].loads.push_back({box, m + si});
                    reg.tensors_[slot[ExpAvgSqKey(p.name)]].loads.push_back({std::move(box), v + si});
                  });
@@ -387,7 +401,8 @@ TrainStateRegistry TrainStateRegistry::ForEngine(ParallelEngine& engine, bool we
   const int64_t state = opt.m().numel();
   return ForRank(engine.model().config(), engine.model().params(), engine.bucket_layout(),
                  engine.grid().dp_rank(), opt.segments(), weights_only ? nullptr : opt.m().f32(),
-                 weights_only ? nullptr : opt.v().f32(), weights_only ? 0 : state);
+                 weights_only ? nullptr : opt.v().f32(), weights_only ? 0 : state,
+                 weights_only || !opt.has_masters() ? nullptr : opt.master().f32());
 }
 
 TrainStateRegistry TrainStateRegistry::ForModel(Decoder& model) {
@@ -402,6 +417,9 @@ TrainStateRegistry TrainStateRegistry::ForModel(Decoder& model) {
 void TrainStateRegistry::ClearUncovered() const {
   if (m_ != nullptr) std::memset(m_, 0, static_cast<size_t>(state_numel_) * sizeof(float));
   if (v_ != nullptr) std::memset(v_, 0, static_cast<size_t>(state_numel_) * sizeof(float));
+  if (master_ != nullptr) {
+    std::memset(master_, 0, static_cast<size_t>(state_numel_) * sizeof(float));
+  }
   for (const Parameter& p : params_->params()) {
     if (!IsVocabulary(p.name)) continue;
     const int64_t lc = p.local_cols();
@@ -529,7 +547,8 @@ absl::StatusOr<CheckpointIndex> AssembleIndex(const CheckpointContents& c,
 
 // Every state tensor's key and stored shape for a model (the moments when with_optimizer).
 std::vector<std::pair<std::string, Shape>> StateShapes(const ModelConfig& cfg,
-                                                       bool with_optimizer) {
+                                                       bool with_optimizer,
+                                                       bool with_masters = false) {
   std::vector<std::pair<std::string, Shape>> out;
   for (const auto& [name, shape] : Decoder::ParameterShapes(cfg)) {
     const Shape stored = StoredShape(name, shape, cfg.vocab_size);
@@ -538,6 +557,7 @@ std::vector<std::pair<std::string, Shape>> StateShapes(const ModelConfig& cfg,
       out.emplace_back(ExpAvgKey(name), stored);
       out.emplace_back(ExpAvgSqKey(name), stored);
     }
+    if (with_optimizer && with_masters) out.emplace_back(MasterKey(name), stored);
   }
   return out;
 }
@@ -613,7 +633,8 @@ absl::StatusOr<std::optional<SaveStats>> CheckpointSaver::Save(const TrainStateR
   auto p = std::make_unique<Pending>();
   p->start = Clock::now();
   p->contents = contents;
-  p->shapes = StateShapes(registry.model_config(), registry.has_optimizer());
+  p->shapes =
+      StateShapes(registry.model_config(), registry.has_optimizer(), registry.has_masters());
   p->tmp_dir = (fs::path(options_.root) /
                 absl::StrCat(kCheckpointTempPrefix, CheckpointDirName(contents.iteration)))
                    .string();
@@ -805,11 +826,16 @@ absl::Status CheckCompatible(const CheckpointReader& reader, const ModelConfig& 
   return absl::OkStatus();
 }
 
-absl::Status ReadState(CheckpointReader& reader, const TrainStateRegistry& registry) {
+absl::Status ReadState(CheckpointReader& reader, const TrainStateRegistry& registry,
+                       bool* masters_loaded) {
   registry.ClearUncovered();
   const CheckpointIndex& idx = reader.index();
+  bool masters = false;
   for (const StateTensor& t : registry.tensors()) {
     auto it = idx.tensors.find(t.key);
+    const bool is_master = absl::StartsWith(t.key, "optimizer/master/");
+    if (it == idx.tensors.end() && is_master) continue;  // optional (the header comment)
+    if (is_master) masters = true;
     if (it == idx.tensors.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat(reader.dir(), ": the checkpoint has no tensor '", t.key, "'"));
@@ -836,6 +862,7 @@ absl::Status ReadState(CheckpointReader& reader, const TrainStateRegistry& regis
       }
     }
   }
+  if (masters_loaded != nullptr) *masters_loaded = masters;
   return absl::OkStatus();
 }
 
@@ -903,8 +930,10 @@ absl::StatusOr<std::string> ReshardCheckpoint(const std::string& src, const Conf
                                               const std::string& out_root) {
   LATTICE_ASSIGN_OR_RETURN(std::string dir, ResolveCheckpoint(src));
   LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<CheckpointReader> reader, CheckpointReader::Open(dir));
-  const bool with_optimizer = reader->index().tensors.count(
-                                  ExpAvgKey(Decoder::ParameterShapes(target.model)[0].first)) > 0;
+  const std::string first_param = Decoder::ParameterShapes(target.model)[0].first;
+  const bool with_optimizer = reader->index().tensors.count(ExpAvgKey(first_param)) > 0;
+  const bool with_masters =
+      with_optimizer && reader->index().tensors.count(MasterKey(first_param)) > 0;
   LATTICE_RETURN_IF_ERROR(CheckCompatible(*reader, target.model, with_optimizer));
   const ParallelConfig& pc = target.parallel;
   const int world = static_cast<int>(pc.tp * pc.dp * pc.pp);
@@ -946,14 +975,16 @@ absl::StatusOr<std::string> ReshardCheckpoint(const std::string& src, const Conf
       segments = WholeModelSegments(params);
       state_numel = params.numel();
     }
-    Tensor m, v;
+    Tensor m, v, master;
     if (with_optimizer) {
       m = Tensor::Zeros({std::max<int64_t>(state_numel, 1)}, DType::kF32);
       v = Tensor::Zeros({std::max<int64_t>(state_numel, 1)}, DType::kF32);
     }
+    if (with_masters) master = Tensor::Zeros({std::max<int64_t>(state_numel, 1)}, DType::kF32);
     const TrainStateRegistry reg = TrainStateRegistry::ForRank(
         target.model, params, layout, grid.dp_rank(), segments,
-        with_optimizer ? m.f32() : nullptr, with_optimizer ? v.f32() : nullptr, state_numel);
+        with_optimizer ? m.f32() : nullptr, with_optimizer ? v.f32() : nullptr, state_numel,
+        with_masters ? master.f32() : nullptr);
     LATTICE_RETURN_IF_ERROR(ReadState(*reader, reg));
     std::vector<ShardTensor> tensors;
     std::vector<BoxRecord> boxes;
@@ -967,7 +998,8 @@ absl::StatusOr<std::string> ReshardCheckpoint(const std::string& src, const Conf
   }
   LATTICE_ASSIGN_OR_RETURN(
       CheckpointIndex idx,
-      AssembleIndex(contents, descriptions, StateShapes(target.model, with_optimizer)));
+      AssembleIndex(contents, descriptions,
+                    StateShapes(target.model, with_optimizer, with_masters)));
   std::string final_dir;
   absl::Status committed = CommitDirectory(out_root, tmp_dir, idx, &final_dir);
   if (!committed.ok()) {

@@ -68,6 +68,7 @@ class ParallelEngine;
 std::string ModelKey(const std::string& param);       // "model/<param>"
 std::string ExpAvgKey(const std::string& param);      // "optimizer/exp_avg/<param>"
 std::string ExpAvgSqKey(const std::string& param);    // "optimizer/exp_avg_sq/<param>"
+std::string MasterKey(const std::string& param);      // "optimizer/master/<param>"
 
 // A global box of a state tensor held by this rank, its elements contiguous (row-major over
 // the box) at `data`.
@@ -92,15 +93,17 @@ class TrainStateRegistry {
   static TrainStateRegistry ForModel(Decoder& model);
   // Any rank, described by its parameters and optimizer state: `segments` are the optimizer's
   // (state_offset into m and v, state_numel elements each), `layout` and `dp_rank` choose which
-  // data-parallel rank writes which elements. m, v may be null (weights only).
+  // data-parallel rank writes which elements. m, v may be null (weights only); `master` (laid
+  // out like m and v) is null without mixed precision.
   static TrainStateRegistry ForRank(const ModelConfig& cfg, ParameterSet& params,
                                     const BucketLayout& layout, int dp_rank,
                                     const std::vector<OptimizerSegment>& segments, float* m,
-                                    float* v, int64_t state_numel);
+                                    float* v, int64_t state_numel, float* master = nullptr);
 
   const std::vector<StateTensor>& tensors() const { return tensors_; }
   const ModelConfig& model_config() const { return model_; }
   bool has_optimizer() const { return m_ != nullptr; }
+  bool has_masters() const { return master_ != nullptr; }
   // Zeroes what no checkpoint covers before a load (the padded vocabulary rows, AdamW's
   // padding), so that nothing of the state before the load survives it.
   void ClearUncovered() const;
@@ -114,6 +117,7 @@ class TrainStateRegistry {
   int64_t vocab_ = 0;
   float* m_ = nullptr;
   float* v_ = nullptr;
+  float* master_ = nullptr;
   int64_t state_numel_ = 0;
 };
 
@@ -185,7 +189,10 @@ absl::Status CheckCompatible(const CheckpointReader& reader, const ModelConfig& 
                              bool need_optimizer);
 // Fills the registry's load boxes from the checkpoint (ClearUncovered first), reading only the
 // stored boxes that intersect them. Not collective. DataLoss naming the file, tensor and box.
-absl::Status ReadState(CheckpointReader& reader, const TrainStateRegistry& registry);
+// A registry's "optimizer/master/" tensors the checkpoint lacks are skipped (see above);
+// *masters_loaded (when given) says whether the checkpoint had them.
+absl::Status ReadState(CheckpointReader& reader, const TrainStateRegistry& registry,
+                       bool* masters_loaded = nullptr);
 // The contents (counters, data state, config) of a checkpoint's index.
 CheckpointContents ContentsOf(const CheckpointIndex& index);
 

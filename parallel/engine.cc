@@ -88,16 +88,33 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(
   LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world, fits));
   e->plan_ = *plan;
   if (g.tp_size() > 1) e->tp_ops_ = std::make_unique<CommTensorParallelOps>(*e->comms_.tp);
+  DecoderOptions model_options = DecoderOptions::From(cfg.train);
+  e->raw_be_ = &kernels::DefaultBackend();
+  if (cfg.train.precision != DType::kF32) {
+    // Mixed precision on an fp32-computing backend: activations and their gradients are
+    // stored rounded to the compute dtype (docs/precision.md).
+    e->storage_backend_ = kernels::MakeStorageRoundingBackend(*e->raw_be_, cfg.train.precision);
+    model_options.backend = e->storage_backend_.get();
+  }
+  if (cfg.train.precision == DType::kF16) {
+    LossScalerConfig lc;
+    lc.initial_scale = cfg.train.initial_loss_scale;
+    lc.min_scale = cfg.train.min_loss_scale;
+    lc.growth_interval = cfg.train.loss_scale_window;
+    lc.hysteresis = cfg.train.hysteresis;
+    LATTICE_ASSIGN_OR_RETURN(DynamicLossScaler scaler, DynamicLossScaler::Create(lc));
+    e->scaler_ = std::move(scaler);
+  }
   LATTICE_ASSIGN_OR_RETURN(e->model_, Decoder::Create(cfg.model, cfg.train.micro_batch_size,
-                                                      shard, e->tp_ops_.get(),
-                                                      DecoderOptions::From(cfg.train)));
+                                                      shard, e->tp_ops_.get(), model_options));
   e->model_->InitializeWeights(cfg.train.seed);
   // The activation arena holds the schedule's peak from the start: no step allocates.
   e->model_->ReserveActivations(e->plan_.activations_peak);
   kernels::Backend& be = e->model_->backend();
   // Slot 0: the step's loss sum (the head adds each micro-batch's); slot 1: the sum of squares
-  // of the owned gradients. Read once per step.
-  e->step_scalars_ = std::make_unique<kernels::DeviceScalars>(be.AllocateScalars(2));
+  // of the owned gradients; (fp16) slot 2: see below. Read once per step.
+  // (fp16) slot 2: the sum of every gradient this rank's optimizer applies, finite or not.
+  e->step_scalars_ = std::make_unique<kernels::DeviceScalars>(be.AllocateScalars(3));
   e->model_->set_loss_accumulator(e->step_scalars_.get(), 0);
 
   ParameterSet& params = e->model_->params();
@@ -126,10 +143,12 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(
     }
     LATTICE_CHECK_MSG(at == segs.size(), "shard segments out of bucket order");
     e->optimizer_ =
-        std::make_unique<AdamW>(cfg.train, std::move(segs), e->layout_.shard_numel, be);
+        std::make_unique<AdamW>(cfg.train, std::move(segs), e->layout_.shard_numel, *e->raw_be_);
   } else {
-    e->optimizer_ = std::make_unique<AdamW>(params, cfg.train, be);
+    e->optimizer_ = std::make_unique<AdamW>(params, cfg.train, *e->raw_be_);
   }
+  // bf16/fp16: the initial weights become the fp32 masters, the weights their compute copy.
+  e->optimizer_->InitMastersFrom(params.flat_values().f32(), params.numel());
   // The tensor-parallel gradient syncs' buffer (SyncTensorParallelGrads): the packed replicated
   // gradients, or the largest parameter with replicated kv rows.
   if (g.tp_size() > 1) {
@@ -203,7 +222,9 @@ absl::StatusOr<EngineMemory> ParallelEngine::PlanMemory(const Config& cfg, const
   const int64_t dp = g.dp_size();
   // AdamW's m and v: of the whole local model, or of the ZeRO-1 shard (ceil(numel / dp)); the
   // short bucket's staging buffer is at most one padded bucket of dp * chunk elements.
-  m.optimizer_state = 8 * (cfg.parallel.zero1 ? (numel + dp - 1) / dp : numel);
+  // m and v, plus the fp32 masters with bf16/fp16 (model/optimizer.h).
+  const int64_t state_bytes = cfg.train.precision == DType::kF32 ? 8 : 12;
+  m.optimizer_state = state_bytes * (cfg.parallel.zero1 ? (numel + dp - 1) / dp : numel);
   if (cfg.parallel.zero1) {
     LATTICE_ASSIGN_OR_RETURN(BucketLayout layout,
                              MakeBucketLayout(numel, static_cast<int>(dp), bucket_bytes));
@@ -502,7 +523,8 @@ absl::Status ParallelEngine::SyncTensorParallelGrads() {
   profiler::Scope phase("phase.grad_sync", profiler::Category::kPhase);
   Communicator& tp = *comms_.tp;
   const ParameterSet& params = model_->params();
-  kernels::Backend& be = model_->backend();
+  // The raw backend: these are fp32 main gradients, never rounded to the compute dtype.
+  kernels::Backend& be = *raw_be_;
   const kernels::TensorView buf = kernels::ViewOf(sync_buffer_);
   // Partial gradients of replicated parameters (sequence parallelism): one packed all-reduce.
   int64_t packed = 0;
@@ -578,7 +600,12 @@ absl::StatusOr<EngineStepResult> ParallelEngine::Step(const std::vector<TokenBat
   const CommCounters before = TotalCounters();
   LATTICE_ASSIGN_OR_RETURN(EngineStepResult res, ForwardBackward(batches));
   ++iteration_;
-  if (!std::isfinite(res.loss) || !std::isfinite(res.grad_norm)) {
+  if (scaler_) {
+    // fp16: ForwardBackward's overflow verdict (the same on every rank) moves the scale.
+    scaler_->Update(res.overflow);
+    res.loss_scale = scaler_->scale();
+  }
+  if (res.overflow || !std::isfinite(res.loss) || !std::isfinite(res.grad_norm)) {
     // Megatron's rule: no update on any rank (every rank sees the same sums), the iteration
     // counts, the optimizer's step does not.
     res.skipped = true;
@@ -621,10 +648,13 @@ absl::StatusOr<EngineStepResult> ParallelEngine::ForwardBackward(
   res.tokens = counts[0];
   ParameterSet& params = model_->params();
   params.ZeroGrads();
-  const float dloss = res.tokens > 0 ? 1.0f / static_cast<float>(res.tokens) : 0.0f;
+  float dloss = res.tokens > 0 ? 1.0f / static_cast<float>(res.tokens) : 0.0f;
+  // fp16: the loss is scaled before the backward (a power of two by default: exact).
+  if (scaler_) dloss *= scaler_->scale();
   kernels::Backend& be = model_->backend();
   be.ZeroScalars(*step_scalars_);
   LATTICE_RETURN_IF_ERROR(RunSchedule(batches, dloss, /*train=*/true));
+  if (options_.gradient_hook) options_.gradient_hook(iteration_ + 1, params);
   res.peak_in_flight = model_->peak_in_flight();
 
   if (!overlap_dp_) {
@@ -646,14 +676,30 @@ absl::StatusOr<EngineStepResult> ParallelEngine::ForwardBackward(
   // from every rank's owned elements. Summed in rank order, every rank sees the same bits.
   // Both stayed on the device until this one read.
   profiler::Scope norm_phase("phase.loss_and_norm", profiler::Category::kPhase);
+  if (scaler_) {
+    // Unscaled before the norm, the clipping and the update (an inf stays inf).
+    raw_be_->Scale(kernels::ViewOf(params.flat_grads()), params.numel(), scaler_->inv_scale());
+  }
   AccumulateOwnedSumOfSquares(1);
-  double device_sums[2];
+  if (scaler_) {
+    // fp16's overflow check covers every gradient this rank's optimizer applies, replicas
+    // included (the norm counts each element once, so an inf in a tensor-parallel replica's
+    // copy would escape it): Megatron's found_inf over each rank's main gradients.
+    const kernels::TensorView g = kernels::ViewOf(params.flat_grads());
+    for (const OptimizerSegment& seg : optimizer_->segments()) {
+      raw_be_->AccumulateSum(*step_scalars_, 2, g.Sub(seg.begin, seg.numel()));
+    }
+  }
+  double device_sums[3];
   be.ReadScalars(*step_scalars_, device_sums);
   const bool loss_rank = grid_.IsLastStage() && grid_.tp_rank() == 0;
-  double sums[2] = {loss_rank ? device_sums[0] : 0.0, device_sums[1]};
-  LATTICE_RETURN_IF_ERROR(SumInRankOrder(world_, absl::MakeSpan(sums)));
+  double sums[3] = {loss_rank ? device_sums[0] : 0.0, device_sums[1],
+                    scaler_ ? device_sums[2] : 0.0};
+  LATTICE_RETURN_IF_ERROR(SumInRankOrder(world_, absl::MakeSpan(sums, scaler_ ? 3 : 2)));
   res.loss = res.tokens > 0 ? sums[0] / static_cast<double>(res.tokens) : 0.0;
   res.grad_norm = std::sqrt(sums[1]);
+  // Every rank summed the same values in the same order: the same verdict everywhere.
+  if (scaler_) res.overflow = !std::isfinite(sums[2]) || !std::isfinite(res.grad_norm);
   return res;
 }
 
@@ -851,7 +897,17 @@ absl::Status ParallelEngine::LoadParameters(
       }
     }
   }
+  WeightsLoaded(/*masters_loaded=*/false);
   return absl::OkStatus();
+}
+
+void ParallelEngine::WeightsLoaded(bool masters_loaded) {
+  ParameterSet& params = model_->params();
+  if (masters_loaded) {
+    optimizer_->WriteComputeCopy(params.flat_values().f32());
+  } else {
+    optimizer_->InitMastersFrom(params.flat_values().f32(), params.numel());
+  }
 }
 
 // ---- The analytic volume ---------------------------------------------------------------------
@@ -870,7 +926,8 @@ CommVolume ParallelEngine::ExpectedStepVolume(const std::vector<TokenBatch>& bat
   // The token count (SumInRankOrder of two 8-byte values over dp) and the loss and norm sums
   // (the same over the world).
   add(v.all_gather, AllGatherWireBytes(16 * static_cast<int64_t>(dp), dp));
-  add(v.all_gather, AllGatherWireBytes(16 * static_cast<int64_t>(grid_.world_size()),
+  // (fp16: a third double, the overflow check's sum.)
+  add(v.all_gather, AllGatherWireBytes((scaler_ ? 24 : 16) * static_cast<int64_t>(grid_.world_size()),
                                        grid_.world_size()));
   for (const TokenBatch& mb : batches) {
     const int64_t n = mb.b * mb.t, rows = model.HiddenRows(mb.b, mb.t);

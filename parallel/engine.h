@@ -44,6 +44,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -54,6 +55,7 @@
 #include "model/tensor_parallel.h"
 #include "parallel/communicator.h"
 #include "parallel/data_parallel.h"
+#include "parallel/loss_scaler.h"
 #include "parallel/pipeline_schedule.h"
 #include "parallel/process_grid.h"
 #include "runtime/config.h"
@@ -90,6 +92,11 @@ struct EngineStepResult {
   float clip = 1.0f;      // factor applied to the gradients (0 on a skipped step)
   int64_t tokens = 0;     // counted targets of the global batch
   bool skipped = false;   // loss or norm not finite: no update anywhere
+  // fp16: the gradients held an inf or NaN on some rank (the step is skipped and the loss
+  // scaler backs off, parallel/loss_scaler.h); loss_scale is the scale after this step's update
+  // (Megatron's console value; 1 without fp16).
+  bool overflow = false;
+  float loss_scale = 1.0f;
   CommVolume bytes;       // this rank's communication during the step (all its groups)
   int peak_in_flight = 0; // most micro-batch activation sets alive at once on this rank
   int buckets = 0;        // data-parallel gradient buckets
@@ -100,7 +107,8 @@ struct EngineStepResult {
 struct EngineMemory {
   int64_t params = 0;            // this rank's shard of the fp32 parameters (= master weights)
   int64_t grads = 0;
-  int64_t optimizer_state = 0;   // AdamW m, v (of the dp shard with ZeRO-1)
+  // AdamW m, v and, with bf16/fp16, the fp32 master weights (of the dp shard with ZeRO-1).
+  int64_t optimizer_state = 0;
   int64_t comm_buffers = 0;      // the staging buffer of the padded bucket (ZeRO-1 only)
   int64_t activations_per_micro_batch = 0;  // all of this rank's chunks
   int64_t activations_peak = 0;  // at the peak of the last step's schedule
@@ -113,6 +121,10 @@ struct EngineMemory {
 struct EngineOptions {
   // Data-parallel gradient bucket size (PyTorch DDP's 25 MiB default); tests use small ones.
   int64_t bucket_bytes = kDefaultBucketBytes;
+  // Test hook: called on every rank after the pipeline schedule of each training step (before
+  // any gradient reduction), with the iteration being computed (1-based) and the rank's
+  // parameters, so a test can plant a value in one rank's gradients.
+  std::function<void(int64_t iteration, ParameterSet& params)> gradient_hook;
 };
 
 class ParallelEngine {
@@ -167,6 +179,16 @@ class ParallelEngine {
   // ranks of another layout without running them (lattice ckpt reshard).
   static ModelShard ShardFor(const Config& cfg, const ProcessGrid& grid);
 
+  // After the rank's weights were replaced from outside (a checkpoint's ReadState through the
+  // registry): with bf16/fp16, `masters_loaded` says whether the optimizer's fp32 masters came
+  // with them; if not they are taken from the weights. The weights become the masters' compute
+  // copy either way. No-op for fp32. (LoadParameters does this itself.)
+  void WeightsLoaded(bool masters_loaded);
+  // The fp16 loss scaler (null for fp32 and bf16): its state is training state.
+  DynamicLossScaler* loss_scaler() { return scaler_ ? &*scaler_ : nullptr; }
+  const DynamicLossScaler* loss_scaler() const { return scaler_ ? &*scaler_ : nullptr; }
+  DType precision() const { return cfg_.train.precision; }
+
   // Iterations taken (skipped ones included): what the learning-rate schedule counts.
   int64_t iteration() const { return iteration_; }
   void set_iteration(int64_t i) { iteration_ = i; }
@@ -218,6 +240,13 @@ class ParallelEngine {
   ProcessGrid grid_;
   GridCommunicators comms_;
   std::unique_ptr<CommTensorParallelOps> tp_ops_;
+  // bf16/fp16: the model's backend (kernels/storage_rounding_backend.h), over raw_be_; it
+  // outlives the model.
+  std::unique_ptr<kernels::Backend> storage_backend_;
+  // The backend without storage rounding: the optimizer's and the gradient syncs' (fp32 main
+  // gradients and masters are never rounded).
+  kernels::Backend* raw_be_ = nullptr;
+  std::optional<DynamicLossScaler> scaler_;
   std::unique_ptr<Decoder> model_;
   int micro_batches_ = 1;
   int vpp_ = 1;

@@ -384,6 +384,18 @@ const std::vector<KeySpec>& Keys() {
               "(each layer from its input); docs/memory.md"),
       IntKey("train.classifier_chunk", LATTICE_CONFIG_FIELD(train.classifier_chunk),
              "token rows per chunk of the fused lm head + cross-entropy (no whole logits)"),
+      EnumKey("train.precision", LATTICE_CONFIG_FIELD(train.precision),
+              EnumNames<DType>{{"fp32", DType::kF32}, {"bf16", DType::kBF16},
+                               {"fp16", DType::kF16}},
+              "compute dtype: fp32, or bf16/fp16 with fp32 masters (docs/precision.md)"),
+      FloatKey("train.initial_loss_scale", LATTICE_CONFIG_FIELD(train.initial_loss_scale),
+               "fp16: the first loss scale (Megatron --initial-loss-scale)"),
+      FloatKey("train.min_loss_scale", LATTICE_CONFIG_FIELD(train.min_loss_scale),
+               "fp16: the scale never backs off below this (--min-loss-scale)"),
+      IntKey("train.loss_scale_window", LATTICE_CONFIG_FIELD(train.loss_scale_window),
+             "fp16: clean steps before the scale doubles (--loss-scale-window)"),
+      IntKey("train.hysteresis", LATTICE_CONFIG_FIELD(train.hysteresis),
+             "fp16: overflows within a window before the scale halves (--hysteresis)"),
       IntKey("train.spike.window", LATTICE_CONFIG_FIELD(train.spike.window),
              "good losses a spike is measured against; 0 = no spike test (docs/recovery.md)"),
       FloatKey("train.spike.z_threshold", LATTICE_CONFIG_FIELD(train.spike.z_threshold),
@@ -794,6 +806,21 @@ absl::Status Config::Validate() const {
   }
   if (!(t.spike.z_threshold > 0) || !std::isfinite(t.spike.z_threshold)) {
     e.Add(absl::StrCat("train.spike.z_threshold=", t.spike.z_threshold, " must be > 0"));
+  }
+  // The loss scaler's own rules (parallel/loss_scaler.h, LossScalerConfig::Validate), named by
+  // their keys; they matter only for fp16 but are checked always, so a typo never waits.
+  if (!(t.initial_loss_scale > 0) || !(t.initial_loss_scale <= 3.4028234663852886e38)) {
+    e.Add(absl::StrCat("train.initial_loss_scale=", t.initial_loss_scale,
+                       " must be > 0 and fit fp32 (Megatron's default is 4294967296 = 2^32)"));
+  } else if (!(t.min_loss_scale > 0) || !(t.min_loss_scale <= t.initial_loss_scale)) {
+    e.Add(absl::StrCat("train.min_loss_scale=", t.min_loss_scale,
+                       " must be > 0 and <= train.initial_loss_scale=", t.initial_loss_scale));
+  }
+  if (t.loss_scale_window < 1) {
+    e.Add(absl::StrCat("train.loss_scale_window=", t.loss_scale_window, " must be >= 1"));
+  }
+  if (t.hysteresis < 1) {
+    e.Add(absl::StrCat("train.hysteresis=", t.hysteresis, " must be >= 1"));
   }
   if (t.spike.enabled() && t.spike.max_rollbacks > 0 && checkpoint.dir.empty()) {
     e.Add(absl::StrCat("train.spike (window=", t.spike.window, ", max_nonfinite=",

@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "runtime/dtype.h"
 
 namespace lattice {
 
@@ -102,6 +103,15 @@ struct TrainConfig {
   Recompute recompute = Recompute::kNone;  // train.recompute: none | selective | full
   int64_t classifier_chunk = 256;   // train.classifier_chunk (token rows per lm-head chunk)
   SpikeConfig spike;                // train.spike.*
+  // train.precision: fp32 | bf16 | fp16 (docs/precision.md): the compute dtype of parameters
+  // copies, activations and their gradients; fp32 master weights, moments and main gradients
+  // either way.
+  DType precision = DType::kF32;
+  // fp16 dynamic loss scaling, Megatron-LM's flags (parallel/loss_scaler.h).
+  double initial_loss_scale = 4294967296.0;  // train.initial_loss_scale (2^32)
+  double min_loss_scale = 1.0;               // train.min_loss_scale
+  int64_t loss_scale_window = 1000;          // train.loss_scale_window
+  int64_t hysteresis = 2;                    // train.hysteresis
 
   bool operator==(const TrainConfig&) const = default;
 };

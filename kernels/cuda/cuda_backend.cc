@@ -191,6 +191,13 @@ class CudaBackend final : public Backend {
     cuda::Fill(x.f32(), x.numel, value, s());
     Launched("fill");
   }
+  void RoundThrough(TensorView x, DType storage) override {
+    Need(x, x.numel, "round_through", "x");
+    LATTICE_CHECK_MSG(storage == DType::kBF16 || storage == DType::kF16,
+                      "backend round_through: storage must be bf16 or f16");
+    cuda::RoundThrough(x.f32(), x.numel, FloatOf(storage), s());
+    Launched("round_through");
+  }
   Stream& stream() override { return stream_; }
   std::unique_ptr<Event> CreateEvent() override { return std::make_unique<CudaEvent>(); }
   void SetNumThreads(int n) override { threads_ = std::max(1, n); }

@@ -18,6 +18,8 @@ enum class Float : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 
 // ---- memory, casts, reductions (reduce.cu) ----
 void Fill(float* x, int64_t n, float value, cudaStream_t s);
+// x = x stored as `storage` (bf16 or fp16, round to nearest even) and loaded back.
+void RoundThrough(float* x, int64_t n, Float storage, cudaStream_t s);
 void Cast(void* dst, Float dst_type, const void* src, Float src_type, int64_t n, cudaStream_t s);
 // Deterministic sums: `partials` holds kReduceBlocks doubles; slot += sum (or sum of squares).
 constexpr int kReduceBlocks = 256;

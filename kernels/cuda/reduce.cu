@@ -42,6 +42,13 @@ __global__ void CastKernel(void* dst, Float dt, const void* src, Float st, int64
   LATTICE_CUDA_FOR(i, n) StoreAs(dst, dt, i, LoadAs(src, st, i));
 }
 
+__global__ void RoundThroughKernel(float* x, Float storage, int64_t n) {
+  LATTICE_CUDA_FOR(i, n) {
+    x[i] = storage == Float::kBF16 ? __bfloat162float(__float2bfloat16_rn(x[i]))
+                                   : __half2float(__float2half_rn(x[i]));
+  }
+}
+
 // Pass 1: block b sums elements b*kThreads + tid with a grid stride into partials[b], in double.
 __global__ void PartialSums(double* partials, const void* x, Float t, int64_t n, bool squares) {
   __shared__ double scratch[32];
@@ -105,6 +112,10 @@ void Fill(float* x, int64_t n, float value, cudaStream_t s) {
 void Cast(void* dst, Float dst_type, const void* src, Float src_type, int64_t n,
           cudaStream_t s) {
   if (n > 0) CastKernel<<<GridFor(n), kThreads, 0, s>>>(dst, dst_type, src, src_type, n);
+}
+
+void RoundThrough(float* x, int64_t n, Float storage, cudaStream_t s) {
+  if (n > 0) RoundThroughKernel<<<GridFor(n), kThreads, 0, s>>>(x, storage, n);
 }
 
 void AccumulateSum(double* slot, const void* x, Float type, int64_t n, bool squares,

@@ -320,6 +320,7 @@ std::string CheckpointIndex::ToJson() const {
   // The loader's own JSON (DataLoaderState::ToJson), embedded as an object so the index reads
   // as one document.
   j["data_state"] = data_state.empty() ? OrderedJson() : OrderedJson::parse(data_state);
+  if (!loss_scaler.empty()) j["loss_scaler"] = OrderedJson::parse(loss_scaler);
   j["config"] = config_yaml;
   OrderedJson files_json = OrderedJson::array();
   for (const CheckpointFile& f : files) {
@@ -406,6 +407,11 @@ absl::StatusOr<CheckpointIndex> CheckpointIndex::FromJson(absl::string_view text
   if (!data_state->is_null()) {
     if (!data_state->is_object()) return Bad(path, "data_state is neither an object nor null");
     idx.data_state = data_state->dump();
+  }
+  // Optional (fp16 runs only): the loss scaler's own JSON, checked by its loader on resume.
+  if (auto scaler = j.find("loss_scaler"); scaler != j.end()) {
+    if (!scaler->is_object()) return Bad(path, "loss_scaler is not an object");
+    idx.loss_scaler = scaler->dump();
   }
   LATTICE_ASSIGN_OR_RETURN(idx.config_yaml, r.String(j, "config", "the index"));
 

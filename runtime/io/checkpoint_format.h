@@ -103,6 +103,8 @@ struct CheckpointContents {
   int64_t nan_iterations = 0;      // of those, with a NaN/Inf loss or norm (all of them in fp32)
   uint64_t seed = 0;           // train.seed
   std::string data_state;      // DataLoaderState JSON (runtime/data/dataset.h); "" = none
+  // The fp16 loss scaler's state JSON (parallel/loss_scaler.h StateJson); "" = none (fp32, bf16).
+  std::string loss_scaler;
   std::string config_yaml;     // the run's whole config (runtime/config.h ToYaml)
   CheckpointLayout layout;
 };
