@@ -130,6 +130,18 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(
       }
     }
     if (e->staging_.defined()) staging = e->staging_.f32();
+    if (cfg.train.precision != DType::kF32) {
+      // ZeRO-1's parameter all-gather moves the compute copy in the compute dtype (the values
+      // are bf16/fp16 values: the cast is exact both ways), one slice per bucket so that the
+      // gathers can overlap.
+      int64_t total = 0;
+      for (size_t i = 0; i < e->layout_.buckets.size(); ++i) {
+        e->gather_offsets_.push_back(total);
+        total += e->layout_.padded(i);
+      }
+      e->gather_half_ = Tensor(be.AllocateStorage(2 * std::max<int64_t>(total, 1)), 0,
+                               {total}, cfg.train.precision);
+    }
     // The optimizer holds this rank's shard; segments come in shard (= bucket) order, so each
     // bucket's segments are a contiguous run of them.
     std::vector<ShardSegment> shard = ShardSegments(params, e->layout_, g.dp_rank());
@@ -229,7 +241,10 @@ absl::StatusOr<EngineMemory> ParallelEngine::PlanMemory(const Config& cfg, const
     LATTICE_ASSIGN_OR_RETURN(BucketLayout layout,
                              MakeBucketLayout(numel, static_cast<int>(dp), bucket_bytes));
     for (size_t i = 0; i < layout.buckets.size(); ++i) {
-      if (layout.needs_padding(i)) m.comm_buffers = 4 * layout.padded(i);
+      if (layout.needs_padding(i)) m.comm_buffers += 4 * layout.padded(i);
+      // bf16/fp16: the updated compute copies travel in their own dtype (2 bytes per element
+      // of every padded bucket).
+      if (cfg.train.precision != DType::kF32) m.comm_buffers += 2 * layout.padded(i);
     }
   }
   m.activations_per_micro_batch = d.activations_per_set;
@@ -290,6 +305,7 @@ EngineMemory ParallelEngine::memory() const {
   m.grads = static_cast<int64_t>(p.flat_grads().nbytes());
   m.optimizer_state = optimizer_->state_bytes();
   m.comm_buffers = staging_.defined() ? static_cast<int64_t>(staging_.nbytes()) : 0;
+  if (gather_half_.defined()) m.comm_buffers += static_cast<int64_t>(gather_half_.nbytes());
   m.activations_per_micro_batch = model_->activation_bytes();
   m.activations_peak = model_->peak_activation_bytes();
   m.scratch = model_->scratch_bytes();
@@ -723,6 +739,28 @@ absl::Status ParallelEngine::UpdateParameters(float lr, float clip) {
     const GradBucket& b = layout_.buckets[i];
     optimizer_->UpdateSegments(bucket_segments_[i].first, bucket_segments_[i].second, values,
                                grads, lr, clip);
+    if (gather_half_.defined()) {
+      // The compute copy in its own dtype: this rank's chunk (zero past the real elements of
+      // a short bucket) cast into the bucket's slice, gathered, and cast back after the wait.
+      const OwnedRange own = layout_.Owned(i, rank);
+      const kernels::TensorView slice =
+          kernels::ViewOf(gather_half_).Sub(gather_offsets_[i], layout_.padded(i));
+      const kernels::TensorView mine = slice.Sub(static_cast<int64_t>(rank) * b.chunk, b.chunk);
+      if (own.numel() < b.chunk) be.Zero(mine);
+      if (own.numel() > 0) {
+        be.Cast(slice.Sub(own.begin - b.begin, own.numel()),
+                kernels::F32View(values + own.begin, own.numel()));
+      }
+      absl::StatusOr<std::unique_ptr<Work>> w =
+          comms_.dp->IAllGather(mine.data, slice.data, static_cast<size_t>(b.chunk),
+                                CommTypeOf(cfg_.train.precision));
+      if (w.ok()) {
+        works[i] = std::move(w).value();
+      } else if (error.ok()) {
+        error = Annotate(w.status(), absl::StrCat("parameter all-gather of bucket ", i));
+      }
+      continue;
+    }
     float* full = values + b.begin;
     if (layout_.needs_padding(i)) {
       // The short bucket travels through a zero-padded staging buffer of dp * chunk elements.
@@ -751,6 +789,14 @@ absl::Status ParallelEngine::UpdateParameters(float lr, float clip) {
   }
   if (!error.ok()) return error;
   LATTICE_RETURN_IF_ERROR(waited);
+  if (gather_half_.defined()) {
+    for (size_t i = 0; i < layout_.buckets.size(); ++i) {
+      const GradBucket& b = layout_.buckets[i];
+      be.Cast(kernels::F32View(values + b.begin, b.numel()),
+              kernels::ViewOf(gather_half_).Sub(gather_offsets_[i], b.numel()));
+    }
+    return absl::OkStatus();
+  }
   for (size_t i = 0; i < layout_.buckets.size(); ++i) {
     if (!layout_.needs_padding(i)) continue;
     const GradBucket& b = layout_.buckets[i];
@@ -1008,7 +1054,9 @@ CommVolume ParallelEngine::ExpectedStepVolume(const std::vector<TokenBatch>& bat
   for (size_t i = 0; i < layout_.buckets.size(); ++i) {
     if (cfg_.parallel.zero1) {
       add(v.reduce_scatter, ReduceScatterWireBytes(4 * layout_.padded(i), dp));
-      if (!skipped) add(v.all_gather, AllGatherWireBytes(4 * layout_.padded(i), dp));
+      // bf16/fp16: the compute copies travel in their 2-byte dtype.
+      const int64_t param_bytes = cfg_.train.precision == DType::kF32 ? 4 : 2;
+      if (!skipped) add(v.all_gather, AllGatherWireBytes(param_bytes * layout_.padded(i), dp));
     } else {
       add(v.all_reduce, AllReduceWireBytes(4 * layout_.buckets[i].numel(), dp));
     }

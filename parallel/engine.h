@@ -36,7 +36,8 @@
 //   loss sum + norm^2          AllGather over world   (world-1) * 16
 //   gradients, plain DP        AllReduce per bucket   floor(2 (dp-1) * 4 n_b / dp)
 //   gradients, ZeRO-1          ReduceScatter          (dp-1) * 4 c_b per bucket
-//   parameters, ZeRO-1         AllGather              (dp-1) * 4 c_b per bucket (not when skipped)
+//   parameters, ZeRO-1         AllGather              (dp-1) * 4 c_b per bucket (not when skipped;
+//                                                     2 bytes per element with bf16/fp16)
 //   + the tensor-parallel collectives of every layer and the pipeline transfers.
 #ifndef LATTICE_PARALLEL_ENGINE_H_
 #define LATTICE_PARALLEL_ENGINE_H_
@@ -256,6 +257,10 @@ class ParallelEngine {
   EngineOptions options_;
   BucketLayout layout_;
   Tensor staging_;
+  // ZeRO-1 with bf16/fp16: the parameter all-gather's buffer in the compute dtype (every
+  // padded bucket, at gather_offsets_[bucket]).
+  Tensor gather_half_;
+  std::vector<int64_t> gather_offsets_;
   // The tensor-parallel gradient syncs' buffer (tp > 1), allocated once.
   Tensor sync_buffer_;
   // The step's loss sum and sum of squares on the device (kernels/backend.h), read once.

@@ -4,7 +4,9 @@
 // Mixed precision in the parallel engine (docs/precision.md; issue "device-neutral compute",
 // acceptance 2 and 3):
 //   - every parameter the ops read is a bf16 (fp16) value, and the fp32 masters are not: the
-//     optimizer keeps them, in the ZeRO-1 shard;
+//     optimizer keeps them, in the ZeRO-1 shard; ZeRO-1's parameter all-gather moves 2 bytes
+//     per element (the measured volume equals the analytic one) and the memory plan counts
+//     the masters;
 //   - the (dp, tp, pp) = (2, 2, 2) layout in bf16, with ZeRO-1 and sequence parallelism, tracks
 //     the single-rank bf16 run within bf16's tolerance, while bf16 itself is measurably apart
 //     from fp32 (so the rounding is on);
@@ -76,13 +78,23 @@ PrecisionRun Train(const Config& cfg, Communicator& world) {
   ParallelEngine& engine = **e;
   for (int step = 0; step < kSteps; ++step) {
     const float lr = LearningRate(cfg.train, engine.iteration() + 1);
-    absl::StatusOr<EngineStepResult> r = engine.Step(Batches(cfg, engine, step), lr);
+    const std::vector<TokenBatch> batches = Batches(cfg, engine, step);
+    absl::StatusOr<EngineStepResult> r = engine.Step(batches, lr);
     EXPECT_TRUE(r.ok()) << r.status();
     if (!r.ok()) return run;
     EXPECT_FALSE(r->skipped) << "step " << step + 1;
+    // The measured bytes are the analytic volume's, whose ZeRO-1 parameter all-gather moves
+    // 2 bytes per element in bf16/fp16 (the compute copy in its own dtype).
+    EXPECT_EQ(r->bytes, engine.ExpectedStepVolume(batches, r->skipped))
+        << "measured " << r->bytes.ToString() << " vs analytic "
+        << engine.ExpectedStepVolume(batches, r->skipped).ToString();
     run.losses.push_back(r->loss);
     run.norms.push_back(r->grad_norm);
   }
+  // The plan made before allocating is what was allocated: the masters (12 bytes per element
+  // of optimizer state with bf16/fp16) and the compute-dtype gather buffer included.
+  EXPECT_EQ(engine.memory().optimizer_state, engine.planned_memory().optimizer_state);
+  EXPECT_EQ(engine.memory().comm_buffers, engine.planned_memory().comm_buffers);
   run.params = Gathered(engine.GatherParameters());
   return run;
 }
