@@ -699,6 +699,16 @@ absl::Status Trainer::Run() {
                 static_cast<long long>(Decoder::CountParameters(mc)),
                 static_cast<long long>(model.num_matmul_params()),
                 engine_->LayoutString().c_str());
+    if (cfg_.train.precision != DType::kF32) {
+      const char* p = cfg_.train.precision == DType::kBF16 ? "bf16" : "fp16";
+      std::printf("lattice train: precision %s: %s weights, activations and activation gradients "
+                  "(stored rounded on the %s backend), fp32 master weights, moments and "
+                  "gradients%s\n",
+                  p, p, model.backend().name().c_str(),
+                  cfg_.train.precision == DType::kF16 ? absl::StrFormat(
+                      ", dynamic loss scale from %g", cfg_.train.initial_loss_scale).c_str()
+                                                      : "");
+    }
     std::printf(
         "lattice train: micro batch %lld x %lld micro-batches x dp %lld = global batch %lld, "
         "seq_len %lld\n",

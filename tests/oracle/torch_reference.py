@@ -62,8 +62,16 @@ def rope(x, theta):
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def forward_loss(w, c, inputs, targets):
-    """Mean cross-entropy over the real vocabulary (padding columns excluded)."""
+def forward_loss(w, c, inputs, targets, store=None, attend=None):
+    """Mean cross-entropy over the real vocabulary (padding columns excluded).
+
+    store: None, or a function applied to every activation lattice's mixed precision stores
+    (kernels/storage_rounding_backend.h), e.g. a rounding to bf16 that also rounds the gradient
+    in the backward (tests/oracle/precision_oracle_test.py). None computes the plain fp32 ops.
+    attend: None, or a function (q, k, v, causal mask) of (B, H, T, D) tensors returning the
+    attention output, replacing the softmax written here.
+    """
+    s = store if store is not None else (lambda t: t)
     llama = c["arch"] == "llama"
     B, T = inputs.shape
     C, H = c["d_model"], c["n_head"]
@@ -75,15 +83,16 @@ def forward_loss(w, c, inputs, targets):
     def norm(x, name):
         if llama:
             var = x.pow(2).mean(-1, keepdim=True)
-            return x * torch.rsqrt(var + eps) * w[name + ".weight"]
-        return F.layer_norm(x, (C,), w[name + ".weight"], w[name + ".bias"], eps)
+            return s(x * torch.rsqrt(var + eps) * w[name + ".weight"])
+        return s(F.layer_norm(x, (C,), w[name + ".weight"], w[name + ".bias"], eps))
 
     def linear(x, name):
-        return F.linear(x, w[name + ".weight"], None if llama else w[name + ".bias"])
+        return s(F.linear(x, w[name + ".weight"], None if llama else w[name + ".bias"]))
 
     x = w["wte"][inputs]
     if not llama:
         x = x + w["wpe"][:T]
+    x = s(x)
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     for l in range(c["n_layer"]):
         p = f"h.{l}."
@@ -93,20 +102,31 @@ def forward_loss(w, c, inputs, targets):
         k = k.view(B, T, K, D).transpose(1, 2)
         v = v.view(B, T, K, D).transpose(1, 2)
         if llama:
-            q, k = rope(q, c["rope_theta"]), rope(k, c["rope_theta"])
+            q, k = s(rope(q, c["rope_theta"])), s(rope(k, c["rope_theta"]))
         k = k.repeat_interleave(H // K, dim=1)
         v = v.repeat_interleave(H // K, dim=1)
-        att = (q @ k.transpose(-1, -2)) / math.sqrt(D)
-        att = att.masked_fill(~mask, float("-inf")).softmax(-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, H * D)
-        x = x + linear(y, p + "attn.proj")
-        h = linear(norm(x, p + "norm2"), p + "mlp.fc")
-        if llama:
-            gate, up = h.split([Fd, Fd], dim=-1)
-            a = F.silu(gate) * up
+        if attend is None:
+            att = (q @ k.transpose(-1, -2)) / math.sqrt(D)
+            att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+            o = att @ v
         else:
-            a = F.gelu(h, approximate="tanh")
-        x = x + linear(a, p + "mlp.proj")
+            o = attend(q, k, v, mask)
+        y = s(o.transpose(1, 2).reshape(B, T, H * D))
+        x = s(x + linear(y, p + "attn.proj"))
+        if llama:
+            h = linear(norm(x, p + "norm2"), p + "mlp.fc")
+            gate, up = h.split([Fd, Fd], dim=-1)
+            a = s(F.silu(gate) * up)
+        elif store is None:
+            a = F.gelu(linear(norm(x, p + "norm2"), p + "mlp.fc"), approximate="tanh")
+        else:
+            # lattice stores the fc product; its GELU pass adds the bias, stores the sum and the
+            # GELU of the unrounded sum; the GELU's backward reads the stored (rounded) sum.
+            pre = s(F.linear(norm(x, p + "norm2"), w[p + "mlp.fc.weight"])) + w[p + "mlp.fc.bias"]
+            h = s(pre)
+            fp32_sum = (F.gelu(pre, approximate="tanh") - F.gelu(h, approximate="tanh")).detach()
+            a = s(F.gelu(h, approximate="tanh") + fp32_sum)
+        x = s(x + linear(a, p + "mlp.proj"))
     x = norm(x, "norm_f")
     logits = x @ (w["wte"] if c["tied"] else w["lm_head"]).T
     V = c["vocab_size"]
