@@ -21,6 +21,18 @@ struct AdamWArgs {
 void AdamWUpdate(float* param, const float* grad, float* m, float* v, int64_t n,
                  const AdamWArgs& args);
 
+// The per-step scalars of that update, computed in double as torch computes them (Python
+// floats) and then rounded to fp32. Every backend's elementwise AdamW loop uses exactly these,
+// in torch's order:
+//   g = grad * grad_scale; m = m*b1 + g*one_minus_b1; v = v*b2 + one_minus_b2*g*g
+//   param = param*decay - step_size * (m / (sqrt(v)/bc2_sqrt + eps))
+// so the backends agree bit for bit. (Defined out of line: the SIMD loops are compiled per ISA
+// and must not share inline code.)
+struct AdamWConstants {
+  float decay, b1, b2, one_minus_b1, one_minus_b2, step_size, bc2_sqrt, eps, grad_scale;
+};
+AdamWConstants AdamWStepConstants(const AdamWArgs& args);
+
 }  // namespace lattice::kernels::cpu
 
 #endif  // LATTICE_KERNELS_ADAMW_H_

@@ -586,19 +586,8 @@ class CudaBackend final : public Backend {
     Need(m, n, "adamw", "m");
     Need(v, n, "adamw", "v");
     LATTICE_CHECK_MSG(args.step >= 1, "AdamW step is 1-based (bias correction divides by 1-b^t)");
-    // The scalars exactly as the CPU's AdamW computes them (double, then float).
-    const double lr = args.lr;
-    const double step = static_cast<double>(args.step);
-    AdamWConstants k;
-    k.decay = static_cast<float>(1.0 - lr * args.weight_decay);
-    k.b1 = args.beta1;
-    k.b2 = args.beta2;
-    k.one_minus_b1 = static_cast<float>(1.0 - static_cast<double>(args.beta1));
-    k.one_minus_b2 = static_cast<float>(1.0 - static_cast<double>(args.beta2));
-    k.step_size = static_cast<float>(lr / (1.0 - std::pow(static_cast<double>(args.beta1), step)));
-    k.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(args.beta2), step)));
-    k.eps = args.eps;
-    k.grad_scale = args.grad_scale;
+    // The scalars exactly as the CPU's AdamW computes them (kernels/adamw.h).
+    const cpu::AdamWConstants k = cpu::AdamWStepConstants(args);
     cuda::AdamW(param.f32(), grad.f32(), m.f32(), v.f32(), n, k, s());
     Launched("adamw");
   }

@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "kernels/adamw.h"
+
 namespace lattice::kernels::cuda {
 
 // dtype codes of the cast kernels (runtime/dtype.h's kF32/kBF16/kF16 mapped by the caller).
@@ -26,9 +28,7 @@ constexpr int kReduceBlocks = 256;
 void AccumulateSum(double* slot, const void* x, Float type, int64_t n, bool squares,
                    double* partials, cudaStream_t s);
 void Scale(float* x, int64_t n, float scale, cudaStream_t s);
-struct AdamWConstants {
-  float decay, b1, b2, one_minus_b1, one_minus_b2, step_size, bc2_sqrt, eps, grad_scale;
-};
+using cpu::AdamWConstants;  // kernels/adamw.h: the scalars both backends use
 void AdamW(float* param, const float* grad, float* m, float* v, int64_t n,
            const AdamWConstants& k, cudaStream_t s);
 // dbias (oc) += sum over the n rows of dout (n, oc), in row order (deterministic).

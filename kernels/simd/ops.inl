@@ -833,26 +833,14 @@ void LayerNormBackward(float* dinp, float* dweight, float* dbias, const float* d
 
 void AdamW(float* param, const float* grad, float* m, float* v, int64_t n,
            const AdamWArgs& args) {
-  // Scalars in double, as torch computes them in Python, then used in fp32 elementwise ops in
-  // torch's order (torch.optim.AdamW, single-tensor path):
-  //   param *= 1 - lr*wd ; m = m*b1 + g*(1-b1) ; v = v*b2 + (1-b2)*g*g
-  //   denom = sqrt(v) / sqrt(bc2) + eps ; param += -(lr/bc1) * m / denom
-  // One fused pass over the four arrays (torch's foreach path makes about seven).
-  const double lr = args.lr;
-  const double beta1 = args.beta1;
-  const double beta2 = args.beta2;
-  const double step = static_cast<double>(args.step);
-  const float decay = static_cast<float>(1.0 - lr * args.weight_decay);
-  const float b1 = args.beta1;
-  const float b2 = args.beta2;
-  const float one_minus_b1 = static_cast<float>(1.0 - beta1);
-  const float one_minus_b2 = static_cast<float>(1.0 - beta2);
-  const double bias_correction1 = 1.0 - __builtin_pow(beta1, step);
-  const double bias_correction2 = 1.0 - __builtin_pow(beta2, step);
-  const float step_size = static_cast<float>(lr / bias_correction1);
-  const float bc2_sqrt = static_cast<float>(__builtin_sqrt(bias_correction2));
-  const float eps = args.eps;
-  const float grad_scale = args.grad_scale;
+  // The scalars of kernels/adamw.h's AdamWStepConstants (double, then fp32, as torch), used in
+  // fp32 elementwise ops in torch's order (torch.optim.AdamW, single-tensor path). One fused
+  // pass over the four arrays (torch's foreach path makes about seven).
+  const AdamWConstants k = AdamWStepConstants(args);
+  const float decay = k.decay, b1 = k.b1, b2 = k.b2;
+  const float one_minus_b1 = k.one_minus_b1, one_minus_b2 = k.one_minus_b2;
+  const float step_size = k.step_size, bc2_sqrt = k.bc2_sqrt, eps = k.eps;
+  const float grad_scale = k.grad_scale;
 #pragma omp parallel for simd schedule(static) if (parallel : Parallel(n))
   for (int64_t i = 0; i < n; ++i) {
     const float g = grad[i] * grad_scale;
