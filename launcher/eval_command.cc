@@ -66,11 +66,25 @@ absl::Status RunEvalCommand(const CommandArgs& args) {
                                                    t + 1));
   }
   const int64_t mbs = cfg.train.micro_batch_size;
-  LATTICE_ASSIGN_OR_RETURN(auto model, Decoder::Create(cfg.model, mbs));
+  // train.precision bf16/fp16: the forward (and --grads-out's backward) stores activations
+  // in the compute dtype and reads the weights rounded to it, as training does
+  // (docs/precision.md); the loss then equals the training run's validation loss.
+  std::unique_ptr<kernels::Backend> storage;
+  DecoderOptions options;
+  if (cfg.train.precision != DType::kF32) {
+    storage = kernels::MakeStorageRoundingBackend(kernels::DefaultBackend(), cfg.train.precision);
+    options.backend = storage.get();
+  }
+  LATTICE_ASSIGN_OR_RETURN(auto model,
+                           Decoder::Create(cfg.model, mbs, ModelShard(), nullptr, options));
   // A safetensors file, or a checkpoint (a step directory, or checkpoint.dir: its newest).
   LATTICE_RETURN_IF_ERROR(std::filesystem::is_directory(weights)
                               ? LoadCheckpointWeights(weights, *model)
                               : LoadWeights(*model, weights));
+  if (storage != nullptr) {
+    model->backend().RoundThrough(kernels::ViewOf(model->params().flat_values()),
+                                  cfg.train.precision);
+  }
   const bool grads = !grads_out.empty();
   model->params().ZeroGrads();
   const float dloss = 1.0f / static_cast<float>(samples * t);
@@ -108,7 +122,10 @@ absl::Status RunEvalCommand(const CommandArgs& args) {
     LATTICE_RETURN_IF_ERROR(WriteSafetensors(dump_logits, {{"logits", logits}}, {{"format", "pt"}}));
   }
   nlohmann::json j = {{"loss", loss}, {"ppl", std::exp(loss)}, {"tokens", count},
-                      {"samples", samples}, {"data", data}, {"weights", weights}};
+                      {"samples", samples}, {"data", data}, {"weights", weights},
+                      {"precision", cfg.train.precision == DType::kF32    ? "fp32"
+                                    : cfg.train.precision == DType::kBF16 ? "bf16"
+                                                                          : "fp16"}};
   std::printf("%s\n", j.dump().c_str());
   return absl::OkStatus();
 }

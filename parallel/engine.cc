@@ -419,7 +419,7 @@ absl::Status ParallelEngine::CheckBatches(const std::vector<TokenBatch>& batches
 namespace {
 
 struct PendingSend {
-  std::vector<float> buf;
+  std::unique_ptr<std::vector<float>> buf;
   std::unique_ptr<Work> work;
 };
 
@@ -450,7 +450,24 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
   Communicator* ppc = comms_.pp.get();
   const int prev = (s + pp - 1) % pp, next = (s + 1) % pp;
   std::deque<PendingSend> sends;
-  std::vector<float> in, din;
+  // Host buffers of the pipeline messages, reused from step to step (the first step grows
+  // the pool; later ones allocate nothing): a send's buffer returns to the pool once the send
+  // has completed.
+  std::vector<float>& in = pipe_in_;
+  auto take = [this](int64_t n) {
+    std::unique_ptr<std::vector<float>> b;
+    if (pipe_pool_.empty()) {
+      b = std::make_unique<std::vector<float>>();
+    } else {
+      b = std::move(pipe_pool_.back());
+      pipe_pool_.pop_back();
+    }
+    b->resize(static_cast<size_t>(n));
+    return b;
+  };
+  auto retire = [this](PendingSend& p) {
+    if (p.buf) pipe_pool_.push_back(std::move(p.buf));
+  };
   model.ResetPeak();
   auto tp_status = [&]() {
     return tp_ops_ ? tp_ops_->status() : absl::OkStatus();
@@ -470,20 +487,21 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
             absl::StrCat("pipeline: receiving activations of micro-batch ", a.micro_batch)));
       }
       PendingSend out;
-      if (!last) out.buf.resize(rows * c);
+      if (!last) out.buf = take(rows * c);
       // The head adds the loss sum to step_scalars_ slot 0 (set_loss_accumulator).
       {
         profiler::Scope phase("phase.forward", profiler::Category::kPhase);
         // Packed examples: every stage reads the segments with the tokens (each rank holds
         // its data-parallel rank's micro-batches), so every layer masks by document.
         model.ForwardChunk(a.chunk, a.micro_batch, mb.inputs.data(), mb.targets.data(), nullptr,
-                           first ? nullptr : in.data(), last ? nullptr : out.buf.data(), mb.b,
+                           first ? nullptr : in.data(), last ? nullptr : out.buf->data(), mb.b,
                            mb.t, mb.doc_starts.empty() ? nullptr : mb.doc_starts.data());
       }
       LATTICE_RETURN_IF_ERROR(Annotate(tp_status(), "tensor-parallel forward"));
       if (!last) {
         LATTICE_ASSIGN_OR_RETURN(
-            out.work, ppc->ISend(out.buf.data(), out.buf.size(), CommType::kF32, next, 2 * (v + 1)));
+            out.work,
+            ppc->ISend(out.buf->data(), out.buf->size(), CommType::kF32, next, 2 * (v + 1)));
         sends.push_back(std::move(out));
       }
       if (!train) model.DropActivations(a.chunk, a.micro_batch);
@@ -498,7 +516,7 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
             absl::StrCat("pipeline: receiving gradients of micro-batch ", a.micro_batch)));
       }
       PendingSend out;
-      if (!first) out.buf.resize(rows * c);
+      if (!first) out.buf = take(rows * c);
       // With the whole model on this rank, the data-parallel reduction of each bucket starts
       // as soon as the last backward pass has finished its gradients (overlap).
       const bool overlap = overlap_dp_ && &a == &actions.back();
@@ -510,13 +528,14 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
       {
         profiler::Scope phase("phase.backward", profiler::Category::kPhase);
         model.BackwardChunk(a.chunk, a.micro_batch, dloss, last ? nullptr : in.data(),
-                            first ? nullptr : out.buf.data());
+                            first ? nullptr : out.buf->data());
       }
       if (overlap) model.set_grad_ready_callback(nullptr);
       LATTICE_RETURN_IF_ERROR(Annotate(tp_status(), "tensor-parallel backward"));
       if (!first) {
         LATTICE_ASSIGN_OR_RETURN(
-            out.work, ppc->ISend(out.buf.data(), out.buf.size(), CommType::kF32, prev, 2 * v - 1));
+            out.work,
+            ppc->ISend(out.buf->data(), out.buf->size(), CommType::kF32, prev, 2 * v - 1));
         sends.push_back(std::move(out));
       }
     }
@@ -524,11 +543,15 @@ absl::Status ParallelEngine::RunSchedule(const std::vector<TokenBatch>& batches,
     while (!sends.empty() && sends.size() > 8) {
       profiler::Scope phase("phase.pipeline_wait", profiler::Category::kPhase);
       LATTICE_RETURN_IF_ERROR(sends.front().work->Wait());
+      retire(sends.front());
       sends.pop_front();
     }
   }
   profiler::Scope phase("phase.pipeline_wait", profiler::Category::kPhase);
-  for (PendingSend& p : sends) LATTICE_RETURN_IF_ERROR(p.work->Wait());
+  for (PendingSend& p : sends) {
+    LATTICE_RETURN_IF_ERROR(p.work->Wait());
+    retire(p);
+  }
   return absl::OkStatus();
 }
 

@@ -263,6 +263,10 @@ class ParallelEngine {
   std::vector<int64_t> gather_offsets_;
   // The tensor-parallel gradient syncs' buffer (tp > 1), allocated once.
   Tensor sync_buffer_;
+  // The pipeline's host message buffers (RunSchedule): the receive buffer, and a pool of send
+  // buffers that the first step grows to its most sends in flight and later steps reuse.
+  std::vector<float> pipe_in_;
+  std::vector<std::unique_ptr<std::vector<float>>> pipe_pool_;
   // The step's loss sum and sum of squares on the device (kernels/backend.h), read once.
   std::unique_ptr<kernels::DeviceScalars> step_scalars_;
   std::unique_ptr<GradReducer> reducer_;

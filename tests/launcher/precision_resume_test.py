@@ -102,6 +102,21 @@ def main():
             check_masters(ck.step_dir(straight, 4))
             idx = ck.index_of(ck.step_dir(straight, 4))
             check("bf16: no loss scaler in the index", "loss_scaler" not in idx, idx.keys())
+            # eval honours train.precision: bf16 storage gives another loss than fp32 on the
+            # same (bf16-valued) weights.
+            losses = {}
+            for p in ("bf16", "fp32"):
+                r = ck.run([ck.LATTICE, "eval", "--config", ck.TINY, "--weights",
+                            ck.step_dir(straight, 8), "--data", os.path.join(tmp, "data.bin"),
+                            "--set", "model.n_layer=4", "--set", f"train.precision={p}",
+                            "--max-samples", "16"])
+                out = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {}
+                losses[p] = (out.get("precision"), out.get("loss"))
+            check(f"eval in bf16 and fp32 on the bf16 checkpoint: {losses}",
+                  losses["bf16"][0] == "bf16" and losses["fp32"][0] == "fp32" and
+                  losses["bf16"][1] is not None and losses["fp32"][1] is not None and
+                  losses["bf16"][1] != losses["fp32"][1] and
+                  abs(losses["bf16"][1] - losses["fp32"][1]) < 1e-2 * losses["fp32"][1], losses)
         got = ck.bitwise_resume(tmp, "fp16 (2,2,2) sp zero1 async", 8, FP16 + ck.LAYOUT_222,
                                 ["--set", "checkpoint.async=true"], kills=[5])
         if got is not None:
