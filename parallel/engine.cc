@@ -15,6 +15,10 @@
 
 namespace lattice {
 
+// The step's device scalars (step_scalars_): 0 the loss sum, 1 the owned gradients' sum of
+// squares, 2 (fp16) the overflow check's sum of every applied gradient.
+constexpr int kStepScalarSlots = 3;
+
 // ---- Tensor-parallel ops over a communicator ----------------------------------------------
 // The "phase.*" profiler scopes of this file time a step's phases for `lattice bench`
 // (launcher/bench_command.cc); off unless profiling (one relaxed atomic load each). Phases nest:
@@ -114,7 +118,8 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(
   // Slot 0: the step's loss sum (the head adds each micro-batch's); slot 1: the sum of squares
   // of the owned gradients; (fp16) slot 2: see below. Read once per step.
   // (fp16) slot 2: the sum of every gradient this rank's optimizer applies, finite or not.
-  e->step_scalars_ = std::make_unique<kernels::DeviceScalars>(be.AllocateScalars(3));
+  e->step_scalars_ =
+      std::make_unique<kernels::DeviceScalars>(be.AllocateScalars(kStepScalarSlots));
   e->model_->set_loss_accumulator(e->step_scalars_.get(), 0);
 
   ParameterSet& params = e->model_->params();
@@ -729,7 +734,7 @@ absl::StatusOr<EngineStepResult> ParallelEngine::ForwardBackward(
       raw_be_->AccumulateSum(*step_scalars_, 2, g.Sub(seg.begin, seg.numel()));
     }
   }
-  double device_sums[3];
+  double device_sums[kStepScalarSlots];  // ReadScalars copies every slot
   be.ReadScalars(*step_scalars_, device_sums);
   const bool loss_rank = grid_.IsLastStage() && grid_.tp_rank() == 0;
   double sums[3] = {loss_rank ? device_sums[0] : 0.0, device_sums[1],
@@ -842,7 +847,7 @@ absl::StatusOr<std::pair<double, int64_t>> ParallelEngine::Evaluate(
   kernels::Backend& be = model_->backend();
   be.ZeroScalars(*step_scalars_);
   LATTICE_RETURN_IF_ERROR(RunSchedule(batches, 0.0f, /*train=*/false));
-  double device_sums[2];
+  double device_sums[kStepScalarSlots];  // ReadScalars copies every slot
   be.ReadScalars(*step_scalars_, device_sums);
   const bool loss_rank = grid_.IsLastStage() && grid_.tp_rank() == 0;
   double sums[2] = {loss_rank ? device_sums[0] : 0.0,
