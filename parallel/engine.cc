@@ -116,8 +116,8 @@ absl::StatusOr<std::unique_ptr<ParallelEngine>> ParallelEngine::Create(
   e->model_->ReserveActivations(e->plan_.activations_peak);
   kernels::Backend& be = e->model_->backend();
   // Slot 0: the step's loss sum (the head adds each micro-batch's); slot 1: the sum of squares
-  // of the owned gradients; (fp16) slot 2: see below. Read once per step.
-  // (fp16) slot 2: the sum of every gradient this rank's optimizer applies, finite or not.
+  // of the owned gradients; (fp16) slot 2: the sum of every gradient this rank's optimizer
+  // applies, finite or not. Read once per step.
   e->step_scalars_ =
       std::make_unique<kernels::DeviceScalars>(be.AllocateScalars(kStepScalarSlots));
   e->model_->set_loss_accumulator(e->step_scalars_.get(), 0);
