@@ -454,6 +454,14 @@ TEST_F(CudaBackendTest, CastsScalarsAndCopies) {
     cpu.Cast(TensorView{f_cpu->data(), DType::kF32, n}, ConstView(half_cpu->data(), t, n));
     cpu.CopyToHost(want.data(), DType::kF32, ConstView(f_cpu->data(), DType::kF32, n), n);
     EXPECT_EQ(back, want);
+    // RoundThrough (the mixed-precision storage op): fp32 in place, the same bits as the CPU's.
+    gpu_->CopyFromHost(TensorView{f_gpu->data(), DType::kF32, n}, x.data(), DType::kF32, n);
+    cpu.CopyFromHost(TensorView{f_cpu->data(), DType::kF32, n}, x.data(), DType::kF32, n);
+    gpu_->RoundThrough(TensorView{f_gpu->data(), DType::kF32, n}, t);
+    cpu.RoundThrough(TensorView{f_cpu->data(), DType::kF32, n}, t);
+    gpu_->CopyToHost(back.data(), DType::kF32, ConstView(f_gpu->data(), DType::kF32, n), n);
+    cpu.CopyToHost(want.data(), DType::kF32, ConstView(f_cpu->data(), DType::kF32, n), n);
+    EXPECT_EQ(back, want) << DTypeName(t) << " round-through differs";
   }
   // Device scalars: sums in double, deterministic (the same bits on every run).
   auto xs = gpu_->AllocateStorage(n * 4);
