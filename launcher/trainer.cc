@@ -157,9 +157,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const Config& cfg, Comm
     CheckpointOptions o;
     o.root = c.checkpoint.dir;
     o.async = c.checkpoint.async;
+    o.direct_io = c.checkpoint.direct_io;
     o.keep = c.checkpoint.keep;
     o.keep_every = c.checkpoint.keep_every;
     LATTICE_ASSIGN_OR_RETURN(tr->saver_, CheckpointSaver::Create(world, o));
+    // The async copy's buffer now, not in the first save's pause (agreed: one rank may lack
+    // the memory).
+    LATTICE_RETURN_IF_ERROR(Annotate(AgreeOnStatus(world, tr->saver_->Prepare(*tr->registry_)),
+                                     "checkpoint.async"));
   }
   tr->spike_ = SpikeDetector(c.train.spike);
   LATTICE_RETURN_IF_ERROR(tr->Resume());

@@ -563,17 +563,21 @@ std::vector<std::pair<std::string, Shape>> StateShapes(const ModelConfig& cfg,
 }
 
 void RunWriter(const std::string& path, const ShardPlan& plan,
-               const std::vector<ShardTensor>& tensors, int rank, int64_t iteration,
-               absl::Status* status, std::vector<uint32_t>* crcs, double* seconds) {
+               const std::vector<ShardTensor>& tensors, const uint8_t* image, bool direct_io,
+               int rank, int64_t iteration, absl::Status* status, std::vector<uint32_t>* crcs,
+               double* seconds) {
   const auto start = Clock::now();
   bool halfway = false;
-  auto progress = [&](uint64_t written, uint64_t total) {
+  ShardWriteOptions o;
+  o.direct_io = direct_io;
+  o.image = image;
+  o.progress = [&](uint64_t written, uint64_t total) {
     if (!halfway && 2 * written >= total) {
       halfway = true;
       MaybeInjectFault("shard_write", rank, iteration);
     }
   };
-  absl::StatusOr<std::vector<uint32_t>> r = WriteShard(path, plan, tensors, progress);
+  absl::StatusOr<std::vector<uint32_t>> r = WriteShard(path, plan, tensors, o);
   *status = r.status();
   if (r.ok()) *crcs = std::move(r).value();
   *seconds = Seconds(start);
@@ -589,7 +593,7 @@ struct CheckpointSaver::Pending {
   std::vector<ShardTensor> tensors;
   std::vector<BoxRecord> boxes;
   ShardPlan plan;
-  std::unique_ptr<float[]> host;  // async: the copy the writer reads
+  AlignedHostBuffer host;  // async: the shard's file image the writer reads
   std::thread writer;
   std::atomic<bool> done{false};
   absl::Status status;
@@ -657,40 +661,49 @@ absl::StatusOr<std::optional<SaveStats>> CheckpointSaver::Save(const TrainStateR
   const std::string path = (fs::path(p->tmp_dir) / p->file.name).string();
   const int64_t iteration = contents.iteration;
   if (options_.async) {
-    // The state at this step boundary, in file order, in one host buffer the writer owns.
+    // The state at this step boundary, as the shard's file image, in one aligned host buffer
+    // the writer owns and writes without another copy. The buffer of the previous save (or of
+    // Prepare) is reused: its pages are resident, so the pause is one memcpy.
     const auto copy_start = Clock::now();
-    uint64_t total = 0;
-    for (const ShardTensor& t : p->tensors) total += t.nbytes;
-    // The buffer of the previous save is reused when it is large enough (the shard's size does
-    // not change during a run): its pages are already resident, so the copy is a copy.
-    const uint64_t floats = std::max<uint64_t>(total / 4, 1);
-    if (host_floats_ < floats) {
-      host_.reset();
-      host_.reset(new float[floats]);
-      host_floats_ = floats;
+    if (host_.size() < p->plan.file_bytes) {
+      host_ = AlignedHostBuffer();
+      LATTICE_ASSIGN_OR_RETURN(host_, AlignedHostBuffer::Allocate(p->plan.file_bytes));
     }
     p->host = std::move(host_);
-    float* at = p->host.get();
-    for (ShardTensor& t : p->tensors) {
-      std::memcpy(at, t.data, t.nbytes);
-      t.data = at;
-      at += t.nbytes / 4;
-    }
+    CopyShardImage(p->plan, &p->tensors, p->host.data());
     p->copy_seconds = Seconds(copy_start);
     Pending* raw = p.get();
-    p->writer = std::thread([raw, path, rank, iteration] {
-      RunWriter(path, raw->plan, raw->tensors, rank, iteration, &raw->status, &raw->crcs,
-                &raw->write_seconds);
+    const bool direct_io = options_.direct_io;
+    p->writer = std::thread([raw, path, rank, iteration, direct_io] {
+      RunWriter(path, raw->plan, raw->tensors, raw->host.data(), direct_io, rank, iteration,
+                &raw->status, &raw->crcs, &raw->write_seconds);
       raw->done.store(true, std::memory_order_release);
     });
     pending_ = std::move(p);
     return previous;
   }
-  RunWriter(path, p->plan, p->tensors, rank, iteration, &p->status, &p->crcs, &p->write_seconds);
+  RunWriter(path, p->plan, p->tensors, nullptr, options_.direct_io, rank, iteration, &p->status,
+            &p->crcs, &p->write_seconds);
   p->done.store(true, std::memory_order_release);
   pending_ = std::move(p);
   LATTICE_ASSIGN_OR_RETURN(SaveStats s, Commit());
   return std::optional<SaveStats>(std::move(s));
+}
+
+absl::Status CheckpointSaver::Prepare(const TrainStateRegistry& registry) {
+  if (!options_.async) return absl::OkStatus();
+  std::vector<ShardTensor> tensors;
+  std::vector<BoxRecord> boxes;
+  CollectShard(registry, &tensors, &boxes);
+  // The header's size depends on the iteration's digits only by a few bytes; a page of slack.
+  LATTICE_ASSIGN_OR_RETURN(ShardPlan plan,
+                           PlanShard(tensors, ShardMetadata(comm_->rank(), comm_->size(), 0)));
+  const uint64_t bytes = plan.file_bytes + OutputFile::kDirectAlignment;
+  if (host_.size() < bytes) {
+    host_ = AlignedHostBuffer();
+    LATTICE_ASSIGN_OR_RETURN(host_, AlignedHostBuffer::Allocate(bytes));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::optional<SaveStats>> CheckpointSaver::Poll() {
@@ -711,7 +724,7 @@ absl::StatusOr<std::optional<SaveStats>> CheckpointSaver::Finish() {
 absl::StatusOr<SaveStats> CheckpointSaver::Commit() {
   std::unique_ptr<Pending> p = std::move(pending_);
   if (p->writer.joinable()) p->writer.join();
-  if (p->host != nullptr) host_ = std::move(p->host);  // the writer is done with it
+  if (p->host.data() != nullptr) host_ = std::move(p->host);  // the writer is done with it
   const int rank = comm_->rank();
   const auto commit_start = Clock::now();
   const std::string what = absl::StrCat("checkpoint of iteration ", p->contents.iteration);
@@ -742,9 +755,7 @@ absl::StatusOr<SaveStats> CheckpointSaver::Commit() {
   // The costs, maxima over the ranks (bytes summed).
   // Host memory the save holds beside the model: the async copy (a sync save writes from the
   // model's own buffers).
-  const int64_t extra = p->host != nullptr || host_ != nullptr
-                            ? static_cast<int64_t>(host_floats_ * sizeof(float))
-                            : 0;
+  const int64_t extra = static_cast<int64_t>(host_.size());
   double mine[4] = {p->copy_seconds, p->write_seconds, static_cast<double>(extra),
                     static_cast<double>(p->file.bytes)};
   std::vector<double> all(4 * comm_->size());

@@ -129,6 +129,7 @@ CheckpointLayout LayoutOf(const Config& cfg);
 struct CheckpointOptions {
   std::string root;         // checkpoint.dir
   bool async = false;
+  bool direct_io = true;    // checkpoint.direct_io: shards written with O_DIRECT
   int64_t keep = 0;         // 0: keep every checkpoint
   int64_t keep_every = 0;
 };
@@ -166,6 +167,9 @@ class CheckpointSaver {
   // Collective. Waits for and commits a save in flight.
   absl::StatusOr<std::optional<SaveStats>> Finish();
   bool in_flight() const { return pending_ != nullptr; }
+  // Not collective. Async saves: allocates (and touches) the host copy for the registry's shard
+  // now, so that the first save's pause at the step boundary is a copy, not page faults.
+  absl::Status Prepare(const TrainStateRegistry& registry);
 
  private:
   struct Pending;
@@ -175,9 +179,8 @@ class CheckpointSaver {
   std::unique_ptr<Communicator> comm_;
   CheckpointOptions options_;
   std::unique_ptr<Pending> pending_;
-  // The async copy's buffer, kept between saves (host_floats_ floats).
-  std::unique_ptr<float[]> host_;
-  uint64_t host_floats_ = 0;
+  // The async copy's buffer (a shard's file image), kept between saves.
+  AlignedHostBuffer host_;
 };
 
 // ---- Loading -------------------------------------------------------------------------------

@@ -160,6 +160,7 @@ struct CheckpointConfig {
   std::string dir;                  // checkpoint.dir (empty = no checkpoints)
   int64_t interval = 0;             // checkpoint.interval (iterations; 0 = only at the end)
   bool async = false;               // checkpoint.async (write from a background thread)
+  bool direct_io = true;            // checkpoint.direct_io (shards written with O_DIRECT)
   int64_t keep = 0;                 // checkpoint.keep (newest kept; 0 = keep all)
   int64_t keep_every = 0;           // checkpoint.keep_every (also keep multiples; 0 = none)
   std::string resume = "auto";      // checkpoint.resume: auto | none | <path>

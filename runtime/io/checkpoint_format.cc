@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <iterator>
 #include <limits>
 #include <set>
@@ -663,26 +665,112 @@ absl::StatusOr<ShardPlan> PlanShard(const std::vector<ShardTensor>& tensors,
   return plan;
 }
 
-absl::StatusOr<std::vector<uint32_t>> WriteShard(
-    const std::string& path, const ShardPlan& plan, const std::vector<ShardTensor>& tensors,
-    const std::function<void(uint64_t, uint64_t)>& progress) {
-  LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<OutputFile> out, OutputFile::Create(path));
-  LATTICE_RETURN_IF_ERROR(out->Write(plan.header));
-  uint64_t written = plan.header.size();
-  std::vector<uint32_t> crcs;
-  crcs.reserve(tensors.size());
-  for (const ShardTensor& t : tensors) {
-    const uint8_t* p = static_cast<const uint8_t*>(t.data);
-    uint32_t crc = 0;
-    for (uint64_t at = 0; at < t.nbytes; at += kWriteChunk) {
-      const uint64_t n = std::min(kWriteChunk, t.nbytes - at);
-      crc = Crc32cExtend(crc, p + at, n);
-      LATTICE_RETURN_IF_ERROR(out->Write(p + at, n));
-      written += n;
-      if (progress) progress(written, plan.file_bytes);
-    }
-    crcs.push_back(crc);
+namespace {
+
+// Walks the file bytes [begin, end) of a planned shard in order: extends the CRC of every
+// tensor they cover (*cursor: the first tensor not yet finished) and, when `dst` is given,
+// copies the bytes (header included) there. The CRC runs on 256 KiB pieces just before their
+// copy, so the copy reads them from the cache.
+void WalkShardBytes(const ShardPlan& plan, const std::vector<ShardTensor>& tensors,
+                    uint64_t begin, uint64_t end, uint8_t* dst, std::vector<uint32_t>* crcs,
+                    size_t* cursor) {
+  constexpr uint64_t kPiece = uint64_t{256} << 10;
+  uint64_t at = begin;
+  if (at < plan.header.size()) {
+    const uint64_t n = std::min<uint64_t>(end, plan.header.size()) - at;
+    if (dst != nullptr) std::memcpy(dst, plan.header.data() + at, n);
+    at += n;
   }
+  while (at < end && *cursor < tensors.size()) {
+    const ShardTensor& t = tensors[*cursor];
+    const uint64_t t_begin = plan.offsets[*cursor], t_end = t_begin + t.nbytes;
+    const uint64_t stop = std::min(end, t_end);
+    const uint8_t* src = static_cast<const uint8_t*>(t.data);
+    for (uint64_t p = at; p < stop; p += kPiece) {
+      const uint64_t n = std::min(kPiece, stop - p);
+      (*crcs)[*cursor] = Crc32cExtend((*crcs)[*cursor], src + (p - t_begin), n);
+      if (dst != nullptr) std::memcpy(dst + (p - begin), src + (p - t_begin), n);
+    }
+    at = stop;
+    if (at == t_end) ++*cursor;
+  }
+}
+
+}  // namespace
+
+void AlignedHostBuffer::Free::operator()(uint8_t* p) const { std::free(p); }
+
+absl::StatusOr<AlignedHostBuffer> AlignedHostBuffer::Allocate(uint64_t bytes) {
+  constexpr uint64_t kAlign = OutputFile::kDirectAlignment;
+  const uint64_t rounded = std::max<uint64_t>((bytes + kAlign - 1) / kAlign * kAlign, kAlign);
+  void* p = std::aligned_alloc(kAlign, rounded);
+  if (p == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "cannot allocate ", rounded, " bytes of host memory for the checkpoint copy"));
+  }
+  // Touch every page now: the copy at the step boundary then only copies.
+  std::memset(p, 0, rounded);
+  AlignedHostBuffer b;
+  b.data_.reset(static_cast<uint8_t*>(p));
+  b.size_ = rounded;
+  return b;
+}
+
+void CopyShardImage(const ShardPlan& plan, std::vector<ShardTensor>* tensors, uint8_t* image) {
+  std::memcpy(image, plan.header.data(), plan.header.size());
+  for (size_t i = 0; i < tensors->size(); ++i) {
+    ShardTensor& t = (*tensors)[i];
+    std::memcpy(image + plan.offsets[i], t.data, t.nbytes);
+    t.data = image + plan.offsets[i];
+  }
+}
+
+absl::StatusOr<std::vector<uint32_t>> WriteShard(const std::string& path, const ShardPlan& plan,
+                                                 const std::vector<ShardTensor>& tensors,
+                                                 const ShardWriteOptions& options) {
+  if (plan.offsets.size() != tensors.size()) {
+    return absl::InternalError(absl::StrCat(path, ": the shard plan has ", plan.offsets.size(),
+                                            " tensors, ", tensors.size(), " were given"));
+  }
+  if (options.image != nullptr) {
+    bool laid_out = std::memcmp(options.image, plan.header.data(), plan.header.size()) == 0;
+    for (size_t i = 0; i < tensors.size() && laid_out; ++i) {
+      laid_out = tensors[i].data == options.image + plan.offsets[i];
+    }
+    if (!laid_out) {
+      return absl::InternalError(absl::StrCat(path, ": the shard image is not the planned file"));
+    }
+  }
+  LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<OutputFile> out, OutputFile::Create(path));
+  if (options.direct_io) (void)out->EnableDirectIO();
+  // Staging (no image): two aligned buffers, one filled while the other is being written.
+  std::vector<AlignedHostBuffer> stage;
+  if (options.image == nullptr) {
+    const uint64_t n = std::min<uint64_t>(kWriteChunk, plan.file_bytes);
+    for (int k = 0; k < 2 && n > 0; ++k) {
+      LATTICE_ASSIGN_OR_RETURN(AlignedHostBuffer b, AlignedHostBuffer::Allocate(n));
+      stage.push_back(std::move(b));
+    }
+  }
+  std::vector<uint32_t> crcs(tensors.size(), 0);
+  size_t cursor = 0;
+  // The write of the previous piece runs while this one is prepared; the write of the piece
+  // before it has finished (its buffer is the one being refilled).
+  std::future<absl::Status> in_flight;
+  uint64_t k = 0;
+  for (uint64_t at = 0; at < plan.file_bytes; at += kWriteChunk, ++k) {
+    const uint64_t n = std::min(kWriteChunk, plan.file_bytes - at);
+    uint8_t* dst = options.image == nullptr ? stage[k % 2].data() : nullptr;
+    WalkShardBytes(plan, tensors, at, at + n, dst, &crcs, &cursor);
+    const uint8_t* piece = dst != nullptr ? dst : options.image + at;
+    if (in_flight.valid()) {
+      LATTICE_RETURN_IF_ERROR(in_flight.get());
+      if (options.progress) options.progress(at, plan.file_bytes);
+    }
+    in_flight = std::async(std::launch::async, [&out, piece, n] { return out->Write(piece, n); });
+  }
+  if (in_flight.valid()) LATTICE_RETURN_IF_ERROR(in_flight.get());
+  if (options.progress) options.progress(plan.file_bytes, plan.file_bytes);
   LATTICE_RETURN_IF_ERROR(out->Commit());
   return crcs;
 }

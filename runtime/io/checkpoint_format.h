@@ -170,12 +170,53 @@ struct ShardPlan {
 absl::StatusOr<ShardPlan> PlanShard(const std::vector<ShardTensor>& tensors,
                                     const std::map<std::string, std::string>& metadata);
 
+// A host buffer aligned for direct I/O (OutputFile::kDirectAlignment), its pages touched at
+// allocation so that later copies into it do not page-fault. Holds a shard's file image for
+// an async save.
+class AlignedHostBuffer {
+ public:
+  AlignedHostBuffer() = default;
+  AlignedHostBuffer(AlignedHostBuffer&& o) noexcept
+      : data_(std::move(o.data_)), size_(std::exchange(o.size_, 0)) {}
+  AlignedHostBuffer& operator=(AlignedHostBuffer&& o) noexcept {
+    data_ = std::move(o.data_);
+    size_ = std::exchange(o.size_, 0);
+    return *this;
+  }
+  // ResourceExhausted naming the size when the memory is not there.
+  static absl::StatusOr<AlignedHostBuffer> Allocate(uint64_t bytes);
+  uint8_t* data() const { return data_.get(); }
+  uint64_t size() const { return size_; }
+
+ private:
+  struct Free {
+    void operator()(uint8_t* p) const;
+  };
+  std::unique_ptr<uint8_t, Free> data_;
+  uint64_t size_ = 0;
+};
+
+// Fills `image` (at least plan.file_bytes) with the shard's file: the header, then each
+// tensor's bytes at its offset; re-points the tensors at their bytes in the image.
+void CopyShardImage(const ShardPlan& plan, std::vector<ShardTensor>* tensors, uint8_t* image);
+
+struct ShardWriteOptions {
+  // O_DIRECT writes (OutputFile::EnableDirectIO; buffered where the filesystem refuses it).
+  bool direct_io = true;
+  // Called after each piece of data with (bytes written, file bytes); the crash tests stop a
+  // rank half-way through.
+  std::function<void(uint64_t, uint64_t)> progress;
+  // The shard's file image from CopyShardImage (its tensors pointing into it): written as it
+  // is, without a staging copy. Null: the tensors are copied through two aligned 8 MiB staging
+  // buffers, one filled (and CRC-checked) while the other is written.
+  const uint8_t* image = nullptr;
+};
+
 // Writes a planned shard (runtime/io/output_file.h: temporary, fsync, rename) and returns the
-// CRC-32C of every tensor's bytes. `progress(written, total)` is called after each piece of
-// data (the crash tests stop a rank half-way through).
-absl::StatusOr<std::vector<uint32_t>> WriteShard(
-    const std::string& path, const ShardPlan& plan, const std::vector<ShardTensor>& tensors,
-    const std::function<void(uint64_t, uint64_t)>& progress = nullptr);
+// CRC-32C of every tensor's bytes.
+absl::StatusOr<std::vector<uint32_t>> WriteShard(const std::string& path, const ShardPlan& plan,
+                                                 const std::vector<ShardTensor>& tensors,
+                                                 const ShardWriteOptions& options = {});
 
 // ---- Reading --------------------------------------------------------------------------------
 

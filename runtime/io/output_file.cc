@@ -345,9 +345,50 @@ absl::Status OutputFile::Write(const void* bytes, size_t n) {
   if (failed_) {
     return absl::FailedPreconditionError(absl::StrCat(path_, ": an earlier write failed"));
   }
-  absl::Status s = WriteFully(fd_, bytes, n, path_, temp_path_);
-  if (!s.ok()) failed_ = true;
+  const char* p = static_cast<const char*>(bytes);
+  if (direct_) {
+    // O_DIRECT needs the address, the length and the offset aligned; whole blocks go direct, a
+    // short write (a nearly full disk) or an unaligned piece continues buffered.
+    const auto aligned = [](uint64_t v) { return v % kDirectAlignment == 0; };
+    if (aligned(reinterpret_cast<uintptr_t>(p)) && aligned(written_) && n >= kDirectAlignment) {
+      const size_t blocks = n - n % kDirectAlignment;
+      size_t done = 0;
+      while (done < blocks) {
+        const ssize_t w = ::write(fd_, p + done, std::min<size_t>(blocks - done, size_t{1} << 30));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;  // retried buffered below, which reports the error
+        done += static_cast<size_t>(w);
+        if (!aligned(done)) break;
+      }
+      p += done;
+      n -= done;
+      written_ += done;
+    }
+    if (n > 0) DisableDirectIO();
+  }
+  absl::Status s = WriteFully(fd_, p, n, path_, temp_path_);
+  if (!s.ok()) {
+    failed_ = true;
+  } else {
+    written_ += n;
+  }
   return s;
+}
+
+bool OutputFile::EnableDirectIO() {
+  if (fd_ < 0 || in_place() || failed_) return false;
+  if (direct_) return true;
+  const int flags = ::fcntl(fd_, F_GETFL);
+  if (flags < 0 || ::fcntl(fd_, F_SETFL, flags | O_DIRECT) != 0) return false;
+  direct_ = true;
+  return true;
+}
+
+void OutputFile::DisableDirectIO() {
+  if (!direct_) return;
+  const int flags = ::fcntl(fd_, F_GETFL);
+  if (flags >= 0) (void)::fcntl(fd_, F_SETFL, flags & ~O_DIRECT);
+  direct_ = false;
 }
 
 absl::Status OutputFile::Commit() {

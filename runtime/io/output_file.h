@@ -72,6 +72,18 @@ class OutputFile {
   // target, close for one written in place. No call is valid afterwards.
   absl::Status Commit();
 
+  // Direct I/O (O_DIRECT) on the temporary file: later writes whose address, length and file
+  // offset are multiples of kDirectAlignment go from the caller's memory to the device without
+  // the page-cache copy and the writeback at fsync (large checkpoint shards). A write that is
+  // not aligned turns it off for the rest of the file (the bytes still arrive, buffered).
+  // Returns false, and nothing changes, for a target written in place or a filesystem that
+  // refuses O_DIRECT (tmpfs, some FUSE mounts).
+  static constexpr size_t kDirectAlignment = 4096;
+  bool EnableDirectIO();
+  bool direct_io() const { return direct_; }
+  // Bytes written so far (the file offset of the next write).
+  uint64_t written() const { return written_; }
+
   const std::string& path() const { return path_; }
   // True when the target is written in place (device, FIFO, descriptor): no temporary file.
   bool in_place() const { return temp_path_.empty(); }
@@ -83,7 +95,11 @@ class OutputFile {
 
   std::string path_;
   std::string temp_path_;
+  void DisableDirectIO();
+
   int fd_ = -1;
+  uint64_t written_ = 0;
+  bool direct_ = false;
   bool failed_ = false;
   bool committed_ = false;
 };

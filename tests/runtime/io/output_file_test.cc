@@ -15,6 +15,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -356,6 +358,39 @@ TEST(OutputFile, DevNullStaysACharacterDevice) {
   for (const auto& e : fs::directory_iterator("/dev")) {
     EXPECT_FALSE(absl::StrContains(e.path().filename().string(), "null.tmp")) << e.path();
   }
+}
+
+// Direct I/O: aligned blocks go direct, and the first write that is not aligned (address,
+// length or offset) turns it off for the rest; the file holds every byte in order either way.
+TEST(OutputFile, DirectWritesMixedWithUnalignedOnesKeepEveryByte) {
+  const std::string dir = FreshDir("direct");
+  const std::string path = dir + "/out.bin";
+  constexpr size_t kA = OutputFile::kDirectAlignment;
+  std::vector<char> src(6 * kA + 100);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<char>(i * 7 + 3);
+  // An aligned copy for the direct writes (std::vector's data is not 4096-aligned).
+  void* raw = std::aligned_alloc(kA, 6 * kA);
+  ASSERT_NE(raw, nullptr);
+  std::unique_ptr<char, decltype(&std::free)> aligned(static_cast<char*>(raw), &std::free);
+  std::memcpy(aligned.get(), src.data(), 6 * kA);
+  absl::StatusOr<std::unique_ptr<OutputFile>> out = OutputFile::Create(path);
+  ASSERT_TRUE(out.ok()) << out.status();
+  const bool direct = (*out)->EnableDirectIO();  // false on a filesystem without O_DIRECT
+  ASSERT_TRUE((*out)->Write(aligned.get(), 2 * kA).ok());
+  EXPECT_EQ((*out)->direct_io(), direct);
+  // Aligned address and offset, length 1.5 blocks: one block direct, the rest buffered.
+  ASSERT_TRUE((*out)->Write(aligned.get() + 2 * kA, kA + kA / 2).ok());
+  EXPECT_FALSE((*out)->direct_io());
+  ASSERT_TRUE((*out)->Write(src.data() + 3 * kA + kA / 2, src.size() - 3 * kA - kA / 2).ok());
+  EXPECT_EQ((*out)->written(), src.size());
+  ASSERT_TRUE((*out)->Commit().ok());
+  EXPECT_EQ(ReadBytes(path), std::string(src.begin(), src.end()));
+  // Written in place (a device), direct I/O is refused and nothing changes.
+  absl::StatusOr<std::unique_ptr<OutputFile>> null = OutputFile::Create("/dev/null");
+  ASSERT_TRUE(null.ok()) << null.status();
+  EXPECT_FALSE((*null)->EnableDirectIO());
+  EXPECT_TRUE((*null)->Write(src.data(), 10).ok());
+  EXPECT_TRUE((*null)->Commit().ok());
 }
 
 TEST(OutputFile, DevFullReportsNoSpaceNamingThePath) {
