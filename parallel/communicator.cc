@@ -62,12 +62,21 @@ absl::string_view ReduceOpName(ReduceOp op) {
     case ReduceOp::kSum: return "sum";
     case ReduceOp::kMax: return "max";
     case ReduceOp::kMin: return "min";
+    case ReduceOp::kAvg: return "avg";
   }
   return "?";
 }
 
 bool SupportsReduction(CommType t) {
   return t == CommType::kF32 || t == CommType::kI32 || t == CommType::kU32 || t == CommType::kU8;
+}
+
+bool SupportsReduction(CommType t, ReduceOp op) {
+  return SupportsReduction(t) && (op != ReduceOp::kAvg || IsFloatingPoint(t));
+}
+
+bool IsFloatingPoint(CommType t) {
+  return t == CommType::kF32 || t == CommType::kBF16 || t == CommType::kF16;
 }
 
 // ---- Accounting ----------------------------------------------------------------------------
@@ -163,10 +172,40 @@ class ContextWork final : public Work {
   ContextWork(std::unique_ptr<Work> inner, std::string context)
       : inner_(std::move(inner)), context_(std::move(context)) {}
   absl::Status Wait() override { return Annotate(inner_->Wait(), context_); }
+  absl::Status WaitOnStream(CUstream_st* stream) override {
+    return Annotate(inner_->WaitOnStream(stream), context_);
+  }
 
  private:
   std::unique_ptr<Work> inner_;
   std::string context_;
+};
+
+// The Works of a batch the default DoIBatchSendRecv issued one by one: waited for in order,
+// the first error kept. Its destructor waits through theirs.
+class BatchWork final : public Work {
+ public:
+  explicit BatchWork(std::vector<std::unique_ptr<Work>> works) : works_(std::move(works)) {}
+  absl::Status Wait() override {
+    if (!done_) {
+      status_ = WaitAll(works_);
+      done_ = true;
+    }
+    return status_;
+  }
+  absl::Status WaitOnStream(CUstream_st* stream) override {
+    absl::Status first;
+    for (const auto& w : works_) {
+      absl::Status s = w->WaitOnStream(stream);
+      if (first.ok() && !s.ok()) first = s;
+    }
+    return first;
+  }
+
+ private:
+  std::vector<std::unique_ptr<Work>> works_;
+  bool done_ = false;
+  absl::Status status_;
 };
 
 bool Overlaps(const void* a, size_t a_bytes, const void* b, size_t b_bytes) {
@@ -220,13 +259,17 @@ static absl::Status CheckBuffer(const void* buf, size_t count, const char* name)
   return absl::OkStatus();
 }
 
-static absl::Status CheckReducible(CommType type, ReduceOp op) {
-  if (!SupportsReduction(type)) {
-    return absl::UnimplementedError(absl::StrCat("reduction ", ReduceOpName(op), " of ",
-                                                 CommTypeName(type),
-                                                 " is not supported (reduce in f32)"));
+absl::Status Communicator::CheckReducible(CommType type, ReduceOp op) const {
+  if (CanReduce(type, op)) return absl::OkStatus();
+  if (op == ReduceOp::kAvg && !IsFloatingPoint(type)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the average of ", CommTypeName(type), " is not defined: an integer mean would round "
+        "(sum, then divide with the rounding the caller wants)"));
   }
-  return absl::OkStatus();
+  return absl::UnimplementedError(absl::StrCat("reduction ", ReduceOpName(op), " of ",
+                                               CommTypeName(type),
+                                               " is not supported by this communicator (", kind(),
+                                               "; reduce in f32)"));
 }
 
 absl::Status Communicator::CheckAllReduce(void* buf, size_t count, CommType type, ReduceOp op) {
@@ -411,6 +454,36 @@ absl::StatusOr<std::unique_ptr<Work>> Communicator::IRecv(void* buf, size_t coun
                       check, DoIRecv(buf, count, type, src, tag));
 }
 
+absl::StatusOr<std::unique_ptr<Work>> Communicator::IBatchSendRecv(absl::Span<const PeerOp> ops) {
+  int sends = 0;
+  for (const PeerOp& op : ops) sends += op.kind == PeerOp::Kind::kSend ? 1 : 0;
+  const std::string what = absl::StrCat("IBatchSendRecv(", sends, " sends, ",
+                                        static_cast<int>(ops.size()) - sends, " receives)");
+  // Every op is checked before any is counted or issued: a bad one issues nothing.
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const PeerOp& op = ops[i];
+    const bool send = op.kind == PeerOp::Kind::kSend;
+    absl::Status check =
+        CheckPeer(send ? "send" : "receive", op.buf, op.count, op.type, op.peer, op.tag);
+    if (!check.ok()) {
+      return Context(check, absl::StrCat(what, " op ", i, " (",
+                                         CallName(send ? "send" : "recv", op.type, op.count),
+                                         send ? " to " : " from ", op.peer, " tag ", op.tag, ")"));
+    }
+  }
+  for (const PeerOp& op : ops) {
+    OpCounter& c = op.kind == PeerOp::Kind::kSend ? counters_.send : counters_.recv;
+    c.calls++;
+    c.bytes += static_cast<int64_t>(op.count * CommTypeSize(op.type));
+  }
+  LATTICE_COMM_ISSUE_(what, absl::OkStatus(), DoIBatchSendRecv(ops));
+}
+
+absl::Status Communicator::BatchSendRecv(absl::Span<const PeerOp> ops) {
+  LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<Work> w, IBatchSendRecv(ops));
+  return w->Wait();
+}
+
 #undef LATTICE_COMM_ISSUE_
 
 absl::StatusOr<std::unique_ptr<Communicator>> Communicator::Split(int color, int key) {
@@ -483,6 +556,22 @@ absl::StatusOr<std::unique_ptr<Work>> Communicator::DoISend(const void* buf, siz
 absl::StatusOr<std::unique_ptr<Work>> Communicator::DoIRecv(void* buf, size_t count,
                                                             CommType type, int src, int tag) {
   return CompletedWork(DoRecv(buf, count, type, src, tag));
+}
+
+absl::StatusOr<std::unique_ptr<Work>> Communicator::DoIBatchSendRecv(
+    absl::Span<const PeerOp> ops) {
+  std::vector<std::unique_ptr<Work>> works;
+  works.reserve(ops.size());
+  for (const PeerOp& op : ops) {
+    // An op that fails to issue fails the batch; the ones already issued are waited for by
+    // their destructors (they complete when the peers do their part, or time out).
+    absl::StatusOr<std::unique_ptr<Work>> w =
+        op.kind == PeerOp::Kind::kSend ? DoISend(op.buf, op.count, op.type, op.peer, op.tag)
+                                       : DoIRecv(op.buf, op.count, op.type, op.peer, op.tag);
+    if (!w.ok()) return w.status();
+    works.push_back(std::move(w).value());
+  }
+  return std::unique_ptr<Work>(std::make_unique<BatchWork>(std::move(works)));
 }
 
 // ---- Tensor conveniences -------------------------------------------------------------------

@@ -1,9 +1,10 @@
 // The communicator interface: collectives and point-to-point messages within one group of
 // ranks, with a byte counter that follows the standard algorithm-independent convention.
 //
-// Implementations: SelfCommunicator (here; a world of one, no MPI needed) and MpiCommunicator
-// (mpi_communicator.h). A later NCCL communicator plugs in behind the same interface; each
-// implementation says which memory its buffers must live in (buffer_device()).
+// Implementations: SelfCommunicator (here; a world of one, no MPI needed), MpiCommunicator
+// (mpi_communicator.h), and on device buffers the NCCL communicator (nccl_communicator.h) and the
+// staged one that carries device buffers over a host communicator (staged_device_communicator.h);
+// each implementation says which memory its buffers must live in (buffer_device()).
 //
 // Rules every implementation keeps:
 // - Every call returns absl::Status; nothing here exits or aborts except Abort(), which only
@@ -49,6 +50,10 @@
 #include "runtime/dtype.h"
 #include "runtime/tensor.h"
 
+// CUDA's stream (cudaStream_t is a `CUstream_st*`), declared here so that this header needs no
+// CUDA include: a Work can order a device stream after itself (Work::WaitOnStream).
+struct CUstream_st;
+
 namespace lattice {
 
 // Element type of a communication buffer: the tensor dtypes plus raw bytes (kU8), which
@@ -82,11 +87,20 @@ struct CommTypeFor<char> {
   static constexpr CommType value = CommType::kU8;
 };
 
-// Reductions. Supported on f32, i32, u32 and u8; the 16-bit float types are moved but never
-// reduced here (kUnimplemented): sum them in f32.
-enum class ReduceOp : uint8_t { kSum, kMax, kMin };
-absl::string_view ReduceOpName(ReduceOp op);  // "sum", "max", "min"
+// Reductions. kAvg is the sum divided by the group size (NCCL's ncclAvg; the host
+// communicators sum, then divide), for floating-point types only: an integer mean would round,
+// and where it rounds is the caller's choice (sum, then divide), so integer types refuse it
+// (kInvalidArgument). The host communicators (Self, MPI) reduce f32, i32, u32 and u8 and move
+// the 16-bit types without reducing them (kUnimplemented: sum them in f32); the NCCL
+// communicator also reduces bf16 and f16. Communicator::CanReduce says what one communicator
+// reduces.
+enum class ReduceOp : uint8_t { kSum, kMax, kMin, kAvg };
+absl::string_view ReduceOpName(ReduceOp op);  // "sum", "max", "min", "avg"
+// The host communicators' types (any op but kAvg).
 bool SupportsReduction(CommType t);
+// The host communicators' rule for `op` on `t`: SupportsReduction(t), and kAvg only on f32.
+bool SupportsReduction(CommType t, ReduceOp op);
+bool IsFloatingPoint(CommType t);  // f32, bf16, f16
 
 // Wire bytes of one rank by the convention above. n = bytes of the full buffer, p = group size.
 int64_t AllReduceWireBytes(int64_t n, int p);
@@ -177,6 +191,14 @@ class Work {
   // Blocks until the operation is complete and returns its status. Calling it again returns the
   // same status without blocking.
   virtual absl::Status Wait() = 0;
+  // Orders the work enqueued later on the CUDA stream `stream` after this operation. A device
+  // communicator's Work (NCCL) makes the stream wait for the event recorded after the operation
+  // and returns without blocking the host, so that compute overlaps communication: a status
+  // that comes later (an asynchronous NCCL error, a timeout) is Wait()'s, or the communicator's
+  // next operation's; a Work handed to a stream this way is not waited for by its destructor
+  // (the stream holds the dependency). The default blocks the host in Wait(): the operation is
+  // then complete for every stream.
+  virtual absl::Status WaitOnStream(CUstream_st* /*stream*/) { return Wait(); }
 };
 
 // A Work that is already complete (blocking implementations return these).
@@ -184,6 +206,33 @@ std::unique_ptr<Work> CompletedWork(absl::Status status);
 
 // Waits for all of `works` (in order) and returns the first error. Null entries are skipped.
 absl::Status WaitAll(absl::Span<const std::unique_ptr<Work>> works);
+
+// One message of a batch (Communicator::IBatchSendRecv): a send of `buf` to `peer`, or a receive
+// into it from `peer`, of `count` elements of `type`.
+struct PeerOp {
+  enum class Kind : uint8_t { kSend, kRecv };
+  Kind kind = Kind::kSend;
+  void* buf = nullptr;  // only read by a send
+  size_t count = 0;
+  CommType type = CommType::kU8;
+  int peer = 0;
+  int tag = 0;
+
+  static PeerOp Send(const void* buf, size_t count, CommType type, int dst, int tag) {
+    return PeerOp{Kind::kSend, const_cast<void*>(buf), count, type, dst, tag};
+  }
+  static PeerOp Recv(void* buf, size_t count, CommType type, int src, int tag) {
+    return PeerOp{Kind::kRecv, buf, count, type, src, tag};
+  }
+  template <typename T>
+  static PeerOp Send(absl::Span<const T> buf, int dst, int tag) {
+    return Send(buf.data(), buf.size(), CommTypeFor<T>::value, dst, tag);
+  }
+  template <typename T>
+  static PeerOp Recv(absl::Span<T> buf, int src, int tag) {
+    return Recv(buf.data(), buf.size(), CommTypeFor<T>::value, src, tag);
+  }
+};
 
 class Communicator {
  public:
@@ -207,12 +256,16 @@ class Communicator {
     name_ = std::move(name);
     NameChanged();
   }
-  // The deadline of every operation (MpiCommunicator; a world of one never waits).
+  // The deadline of every operation (MpiCommunicator, the NCCL communicator; a world of one
+  // never waits).
   const CommTimeout& timeout() const { return timeout_; }
   void set_timeout(const CommTimeout& t) { timeout_ = t; }
   // Where the buffers of every call must live. Raw pointers are not checked; the Tensor
   // overloads are.
   virtual DeviceType buffer_device() const = 0;
+  // Whether this communicator reduces `type` with `op`: the host rule SupportsReduction(type, op)
+  // unless the implementation reduces more (NCCL: bf16 and f16 too).
+  virtual bool CanReduce(CommType type, ReduceOp op) const { return SupportsReduction(type, op); }
 
   // ---- Blocking collectives. `count` is in elements of `type`. ----
 
@@ -233,6 +286,17 @@ class Communicator {
   // ---- Point to point. Recv requires a message of exactly `count` elements. ----
   absl::Status Send(const void* buf, size_t count, CommType type, int dst, int tag);
   absl::Status Recv(void* buf, size_t count, CommType type, int src, int tag);
+
+  // ---- Batched point to point (Megatron's batch_isend_irecv). ----
+  // Issues every send and receive of `ops` as one operation, completed by one Work: the NCCL
+  // communicator runs them in one ncclGroupStart/ncclGroupEnd, so that a pipeline stage's send
+  // to the next stage and its receive from the previous one cannot deadlock on NCCL's rendezvous
+  // (separately issued NCCL sends and receives on one stream can); the host communicators post
+  // them all non-blocking. Every op is checked before any is issued, and counted as ISend and
+  // IRecv count it. NCCL has no tags: between one pair of ranks, messages match in the order
+  // they were issued whatever their tags, so portable code issues them in matching order.
+  absl::StatusOr<std::unique_ptr<Work>> IBatchSendRecv(absl::Span<const PeerOp> ops);
+  absl::Status BatchSendRecv(absl::Span<const PeerOp> ops);  // IBatchSendRecv, then Wait
 
   // ---- Non-blocking variants (same arguments, same accounting). ----
   absl::StatusOr<std::unique_ptr<Work>> IAllReduce(void* buf, size_t count, CommType type,
@@ -333,6 +397,8 @@ class Communicator {
                                                         CommType type, int dst, int tag);
   virtual absl::StatusOr<std::unique_ptr<Work>> DoIRecv(void* buf, size_t count, CommType type,
                                                         int src, int tag);
+  // The default issues DoISend / DoIRecv in order and waits for all of them.
+  virtual absl::StatusOr<std::unique_ptr<Work>> DoIBatchSendRecv(absl::Span<const PeerOp> ops);
   virtual absl::StatusOr<std::unique_ptr<Communicator>> DoSplit(int color, int key) = 0;
   virtual absl::StatusOr<std::unique_ptr<Communicator>> DoSplitByNode() = 0;
   // After set_name (implementations that keep a copy of the name for their reports).
@@ -340,6 +406,7 @@ class Communicator {
 
  private:
   absl::Status GatherSizeError(size_t chunk, size_t full) const;
+  absl::Status CheckReducible(CommType type, ReduceOp op) const;
   // Argument checks shared by the blocking and non-blocking forms; they also count the op.
   absl::Status CheckAllReduce(void* buf, size_t count, CommType type, ReduceOp op);
   absl::Status CheckReduceScatter(const void* send, void* recv, size_t recv_count, CommType type,

@@ -80,8 +80,18 @@ MPI_Op MpiOp(ReduceOp op) {
     case ReduceOp::kSum: return MPI_SUM;
     case ReduceOp::kMax: return MPI_MAX;
     case ReduceOp::kMin: return MPI_MIN;
+    case ReduceOp::kAvg: return MPI_SUM;  // MPI has no average: sum, then AverageOfSum
   }
   return MPI_OP_NULL;
+}
+
+// The average from the sum of `p` ranks' values. Communicator::CanReduce lets kAvg through only
+// for f32 here; dividing (rather than multiplying by 1/p) rounds once, exactly for powers of two.
+void AverageOfSum(void* buf, size_t count, CommType type, int p) {
+  if (type != CommType::kF32 || p <= 1) return;
+  float* v = static_cast<float*>(buf);
+  const float d = static_cast<float>(p);
+  for (size_t i = 0; i < count; ++i) v[i] /= d;
 }
 
 // MPI counts are int. Bigger buffers would need derived datatypes; gradient buckets and
@@ -564,7 +574,9 @@ class MpiCommunicator final : public Communicator {
     MPI_Request req;
     LATTICE_MPI_CALL_(
         MPI_Iallreduce(MPI_IN_PLACE, buf, n, MpiType(type), MpiOp(op), comm(), &req));
-    return Complete(&req, info);
+    LATTICE_RETURN_IF_ERROR(Complete(&req, info));
+    if (op == ReduceOp::kAvg) AverageOfSum(buf, count, type, size());
+    return absl::OkStatus();
   }
 
   absl::Status DoReduceScatter(const void* send, void* recv, size_t recv_count, CommType type,
@@ -623,7 +635,16 @@ class MpiCommunicator final : public Communicator {
     MPI_Request req;
     LATTICE_MPI_CALL_(
         MPI_Iallreduce(MPI_IN_PLACE, buf, n, MpiType(type), MpiOp(op), comm(), &req));
-    return MakeWork(req, info);
+    if (op != ReduceOp::kAvg) return MakeWork(req, info);
+    MaybeStopInside(info);
+    const int p = size();
+    return std::unique_ptr<Work>(std::make_unique<MpiWork>(
+        state_, info, timeout(), req,
+        [buf, count, type, p](const MPI_Status&) {
+          AverageOfSum(buf, count, type, p);
+          return absl::OkStatus();
+        },
+        std::vector<uint8_t>()));
   }
 
   absl::StatusOr<std::unique_ptr<Work>> DoIReduceScatter(const void* send, void* recv,
@@ -766,10 +787,19 @@ class MpiCommunicator final : public Communicator {
     info.reduce = op;
     LATTICE_RETURN_IF_ERROR(Usable());
     MPI_Request req;
+    const int p = size();
     if (!AliasesOwnChunk(send, recv, recv_count, type)) {
       LATTICE_MPI_CALL_(
           MPI_Ireduce_scatter_block(send, recv, n, MpiType(type), MpiOp(op), comm(), &req));
-      return MakeWork(req, info);
+      if (op != ReduceOp::kAvg) return MakeWork(req, info);
+      MaybeStopInside(info);
+      return std::unique_ptr<Work>(std::make_unique<MpiWork>(
+          state_, info, timeout(), req,
+          [recv, recv_count, type, p](const MPI_Status&) {
+            AverageOfSum(recv, recv_count, type, p);
+            return absl::OkStatus();
+          },
+          std::vector<uint8_t>()));
     }
     // MPI has no in-place form that leaves the result at this rank's own chunk (MPI_IN_PLACE
     // puts it at the start of the buffer and clobbers chunk 0), so reduce into scratch owned by
@@ -783,8 +813,9 @@ class MpiCommunicator final : public Communicator {
     // The vector's heap block moves with it into the Work, so `tmp` stays valid.
     return std::unique_ptr<Work>(std::make_unique<MpiWork>(
         state_, info, timeout(), req,
-        [recv, tmp, bytes](const MPI_Status&) {
+        [recv, tmp, bytes, recv_count, type, p, avg = op == ReduceOp::kAvg](const MPI_Status&) {
           if (bytes > 0) std::memcpy(recv, tmp, bytes);
+          if (avg) AverageOfSum(recv, recv_count, type, p);
           return absl::OkStatus();
         },
         std::move(scratch)));

@@ -6,7 +6,10 @@
 # for Hopper only (sm_90a) and travel with their libraries: Abseil, yaml-cpp, Boost.Iostreams,
 # OpenBLAS (oneDNN is left out of this build: 38 MB more than the 64 MiB the tool carries),
 # libgomp and the compression libraries Boost links. The C/C++ runtime, CUDA runtime and cuBLAS
-# come from the GPU machine (newer glibc and libstdc++ run these binaries; CUDA 13.0 on both).
+# come from the GPU machine (newer glibc and libstdc++ run these binaries; CUDA 13.0 on both), and
+# so does NCCL: libnccl.so.2 is 218 MB, more than the tool carries, and tests/gpu/run.sh finds
+# the machine's own (PyTorch's wheels bring one). Only the NCCL test binary needs it (lattice
+# links NCCL --as-needed).
 #
 # Usage: scripts/gpu-bundle.sh [BUILD_DIR]   (default build-gpu)
 set -euo pipefail
@@ -18,18 +21,19 @@ trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$BUILD"
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLATTICE_CUDA=ON \
   -DLATTICE_CUDA_ARCHITECTURES=90a -DLATTICE_ONEDNN=OFF > "$BUILD/cmake.log"
-TARGETS=(kernels_cuda_backend_test)
+TARGETS=(kernels_cuda_backend_test parallel_nccl_communicator_mpi_test
+         parallel_staged_device_communicator_mpi_test)
 cmake --build "$BUILD" --target "${TARGETS[@]}" -j "$(nproc)"
 
 mkdir -p "$STAGE/gpu-bundle/bin" "$STAGE/gpu-bundle/lib"
-cp "$BUILD/tests/kernels_cuda_backend_test" "$STAGE/gpu-bundle/bin/"
+for t in "${TARGETS[@]}"; do cp "$BUILD/tests/$t" "$STAGE/gpu-bundle/bin/"; done
 # Every library the binaries load, except those the GPU machine provides itself.
 for bin in "$STAGE"/gpu-bundle/bin/*; do
   ldd "$bin" | awk '$3 ~ /^\// {print $3}'
 done | sort -u | while read -r lib; do
   case "$(basename "$lib")" in
     libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|ld-linux*|libstdc++.so*|libgcc_s.so*) ;;
-    libcuda.so*|libcudart.so*|libcublas.so*|libcublasLt.so*|libnvidia*) ;;
+    libcuda.so*|libcudart.so*|libcublas.so*|libcublasLt.so*|libnvidia*|libnccl.so*) ;;
     *) cp -L "$lib" "$STAGE/gpu-bundle/lib/" ;;
   esac
 done

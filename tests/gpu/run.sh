@@ -8,8 +8,11 @@
 #   on the GPU:       device run, carry ["gpu-bundle.tar.gz"], command "bash tests/gpu/run.sh"
 #
 # Steps: device facts (nvidia-smi, the toolkit); the op tests (every CUDA op against the CPU
-# backend, tests/kernels/cuda_backend_test.cc); the same under compute-sanitizer memcheck; the
-# copy bandwidth and fp32/TF32 GEMM ceilings (the figures docs/performance.md needs). Training
+# backend, tests/kernels/cuda_backend_test.cc); the device communicators as a world of one (the
+# machine has no MPI): the staged one over Self and NCCL on the GPU
+# (tests/parallel/*_communicator_mpi_test.cc, with the machine's own libnccl); the op tests under
+# compute-sanitizer memcheck; the copy bandwidth and fp32/TF32 GEMM ceilings (the figures
+# docs/performance.md needs). Training
 # runs and the PyTorch comparison join when the decoder runs on the CUDA backend (issue 11:
 # not yet); the table says so instead of reporting nothing.
 set -uo pipefail
@@ -67,6 +70,30 @@ step() {
 
 OPS="$BIN/kernels_cuda_backend_test"
 step "op tests (cuda vs cpu)" 300 ops.log "$OPS" --gtest_output="json:$OUT/ops.json"
+
+# The communicators on device buffers, as a world of one. NCCL is not in the bundle (too big):
+# the machine's own libnccl.so.2 is used, from the loader's path, the toolkit, or PyTorch's
+# nvidia-nccl wheel; the test prints the version it ran with.
+find_nccl() {
+  if ldconfig -p 2> /dev/null | grep -q 'libnccl\.so\.2'; then echo system; return; fi
+  local d
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/lib/x86_64-linux-gnu \
+      $(python3 -c 'import nvidia.nccl as m; print(*[p + "/lib" for p in m.__path__])' 2> /dev/null) \
+      $(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__) + "/lib")' 2> /dev/null); do
+    if [ -e "$d/libnccl.so.2" ]; then echo "$d"; return; fi
+  done
+}
+STAGED="$BIN/parallel_staged_device_communicator_mpi_test"
+NCCL_TEST="$BIN/parallel_nccl_communicator_mpi_test"
+step "staged device comm (1 rank)" 120 staged.log "$STAGED" --gtest_output="json:$OUT/staged.json"
+NCCL_DIR="$(find_nccl)"
+if [ -z "$NCCL_DIR" ]; then
+  row "nccl comm (1 rank)" "MISSING" "no libnccl.so.2 on this machine (loader path, CUDA, PyTorch)"
+else
+  [ "$NCCL_DIR" != system ] && export LD_LIBRARY_PATH="$NCCL_DIR:${LD_LIBRARY_PATH:-}"
+  step "nccl comm (1 rank)" 150 nccl.log "$NCCL_TEST" --gtest_output="json:$OUT/nccl.json"
+  row "  nccl library" "info" "$NCCL_DIR: $(grep -m1 '^NCCL runtime' "$OUT/nccl.log" | head -c 60)"
+fi
 SANITIZER="$(command -v compute-sanitizer || true)"
 for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda/compute-sanitizer/compute-sanitizer; do
   [ -z "$SANITIZER" ] && [ -x "$c" ] && SANITIZER="$c"

@@ -219,6 +219,96 @@ TEST(MpiPointToPoint, RingOfBlockingAndNonBlockingMessages) {
   }
 }
 
+// The average is the sum divided by the group size, after the sum: values chosen so that every
+// sum is exact in f32 make every average the correctly rounded quotient, which is what the
+// division gives (exact for powers of two).
+TEST(MpiCollectives, AverageIsTheSumOverTheGroupSize) {
+  auto comm = FreshWorld();
+  const int p = Size(), r = Rank();
+  const int n = 11, c = 4;
+  const int rank_sum = p * (p - 1) / 2;
+  auto expected = [&](int k) {
+    return static_cast<float>(100 * rank_sum + p * k) * 0.25f / static_cast<float>(p);
+  };
+  std::vector<float> v(n), iv(n);
+  for (int k = 0; k < n; ++k) v[k] = iv[k] = static_cast<float>(r * 100 + k) * 0.25f;
+  EXPECT_TRUE(comm->AllReduce(absl::MakeSpan(v), ReduceOp::kAvg).ok());
+  absl::StatusOr<std::unique_ptr<Work>> w =
+      comm->IAllReduce(iv.data(), n, CommType::kF32, ReduceOp::kAvg);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_TRUE((*w)->Wait().ok());
+  for (int k = 0; k < n; ++k) {
+    EXPECT_EQ(v[k], expected(k)) << k;
+    EXPECT_EQ(iv[k], expected(k)) << k;
+  }
+
+  // Reduce-scatter: out of place, and in place into the own chunk (the scratch path).
+  std::vector<float> send(static_cast<size_t>(p * c)), recv(c, -1.f);
+  for (int j = 0; j < p * c; ++j) send[j] = static_cast<float>(r * 100 + j) * 0.25f;
+  std::vector<float> inplace = send;
+  EXPECT_TRUE(comm->ReduceScatter(absl::MakeConstSpan(send), absl::MakeSpan(recv), ReduceOp::kAvg).ok());
+  absl::StatusOr<std::unique_ptr<Work>> rs = comm->IReduceScatter(
+      inplace.data(), inplace.data() + r * c, c, CommType::kF32, ReduceOp::kAvg);
+  ASSERT_TRUE(rs.ok()) << rs.status();
+  EXPECT_TRUE((*rs)->Wait().ok());
+  for (int k = 0; k < c; ++k) {
+    EXPECT_EQ(recv[k], expected(r * c + k)) << k;
+    EXPECT_EQ(inplace[r * c + k], expected(r * c + k)) << k;
+  }
+
+  // Integers refuse it on every rank, before any communication.
+  std::vector<int32_t> ints(3, r);
+  absl::Status s = comm->AllReduce(absl::MakeSpan(ints), ReduceOp::kAvg);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("the average of i32 is not defined"));
+  EXPECT_EQ(comm->counters().all_reduce.calls, 2);
+  EXPECT_EQ(comm->counters().all_reduce.bytes, 2 * AllReduceWireBytes(n * 4, p));
+  EXPECT_EQ(comm->counters().reduce_scatter.bytes, 2 * ReduceScatterWireBytes(p * c * 4, p));
+}
+
+// Megatron's batch_isend_irecv on MPI: a ring exchange in one batch (sends first, as a pipeline
+// stage issues them: with one batch the order cannot deadlock), then a pipeline-style batch of
+// a send forward and a receive backward, counted as the ISends and IRecvs they are.
+TEST(MpiPointToPoint, BatchSendRecvRing) {
+  auto comm = FreshWorld();
+  const int p = Size(), r = Rank();
+  const int next = (r + 1) % p, prev = (r + p - 1) % p;
+  std::vector<float> out(1000, static_cast<float>(r) + 0.5f), in(1000, -1.f);
+  std::vector<int32_t> tag_out = {r, 7}, tag_in(2, -1);
+  const std::vector<PeerOp> ring = {
+      PeerOp::Send(absl::MakeConstSpan(out), next, 0),
+      PeerOp::Send(absl::MakeConstSpan(tag_out), next, 1),
+      PeerOp::Recv(absl::MakeSpan(in), prev, 0),
+      PeerOp::Recv(absl::MakeSpan(tag_in), prev, 1),
+  };
+  EXPECT_TRUE(comm->BatchSendRecv(ring).ok());
+  EXPECT_EQ(in, std::vector<float>(1000, static_cast<float>(prev) + 0.5f));
+  EXPECT_EQ(tag_in, (std::vector<int32_t>{prev, 7}));
+  EXPECT_EQ(comm->counters().send, (OpCounter{2, 4000 + 8}));
+  EXPECT_EQ(comm->counters().recv, (OpCounter{2, 4000 + 8}));
+
+  // 1F1B's steady state: activations forward to the next stage, gradients back from it, in
+  // one non-blocking batch per stage (the last stage receives and sends in the other order).
+  if (p >= 2) {
+    std::vector<uint8_t> act(64, static_cast<uint8_t>(r)), grad_in(64, 255);
+    std::vector<uint8_t> act_in(64, 255), grad(64, static_cast<uint8_t>(100 + r));
+    std::vector<PeerOp> ops;
+    if (r + 1 < p) {
+      ops.push_back(PeerOp::Send(absl::MakeConstSpan(act), r + 1, 5));
+      ops.push_back(PeerOp::Recv(absl::MakeSpan(grad_in), r + 1, 6));
+    }
+    if (r > 0) {
+      ops.push_back(PeerOp::Recv(absl::MakeSpan(act_in), r - 1, 5));
+      ops.push_back(PeerOp::Send(absl::MakeConstSpan(grad), r - 1, 6));
+    }
+    absl::StatusOr<std::unique_ptr<Work>> w = comm->IBatchSendRecv(ops);
+    ASSERT_TRUE(w.ok()) << w.status();
+    EXPECT_TRUE((*w)->Wait().ok());
+    if (r + 1 < p) EXPECT_EQ(grad_in, std::vector<uint8_t>(64, static_cast<uint8_t>(100 + r + 1)));
+    if (r > 0) EXPECT_EQ(act_in, std::vector<uint8_t>(64, static_cast<uint8_t>(r - 1)));
+  }
+}
+
 TEST(MpiPointToPoint, ShortMessageIsAnError) {
   auto comm = FreshWorld();
   const int p = Size(), r = Rank();

@@ -199,6 +199,121 @@ TEST(CommunicatorTest, RejectsBadArguments) {
   EXPECT_EQ(c.counters().broadcast.calls, 1);   // the bf16 one
 }
 
+// The average: the sum over the group divided by its size, on floating-point types only. A world
+// of one averages to its own values; integers refuse it (an integer mean would round), and the
+// 16-bit types stay unreduced on the host communicators.
+TEST(CommunicatorTest, AverageRules) {
+  EXPECT_EQ(ReduceOpName(ReduceOp::kAvg), "avg");
+  EXPECT_TRUE(SupportsReduction(CommType::kF32, ReduceOp::kAvg));
+  EXPECT_TRUE(SupportsReduction(CommType::kI32, ReduceOp::kSum));
+  EXPECT_FALSE(SupportsReduction(CommType::kI32, ReduceOp::kAvg));
+  EXPECT_FALSE(SupportsReduction(CommType::kU8, ReduceOp::kAvg));
+  EXPECT_FALSE(SupportsReduction(CommType::kBF16, ReduceOp::kAvg));
+  EXPECT_FALSE(SupportsReduction(CommType::kF16, ReduceOp::kMax));
+  EXPECT_TRUE(IsFloatingPoint(CommType::kBF16));
+  EXPECT_FALSE(IsFloatingPoint(CommType::kU16));
+
+  SelfCommunicator c;
+  EXPECT_TRUE(c.CanReduce(CommType::kF32, ReduceOp::kAvg));
+  EXPECT_FALSE(c.CanReduce(CommType::kBF16, ReduceOp::kSum));
+  std::vector<float> v = {1.5f, -2.f, 3.25f};
+  ASSERT_TRUE(c.AllReduce(absl::MakeSpan(v), ReduceOp::kAvg).ok());
+  EXPECT_EQ(v, (std::vector<float>{1.5f, -2.f, 3.25f}));
+  std::vector<float> rs(3, 0.f);
+  ASSERT_TRUE(c.ReduceScatter(absl::MakeConstSpan(v), absl::MakeSpan(rs), ReduceOp::kAvg).ok());
+  EXPECT_EQ(rs, v);
+  absl::StatusOr<std::unique_ptr<Work>> w = c.IAllReduce(v.data(), 3, CommType::kF32, ReduceOp::kAvg);
+  ASSERT_TRUE(w.ok());
+  EXPECT_TRUE((*w)->Wait().ok());
+
+  std::vector<int32_t> ints = {1, 2};
+  absl::Status s = c.AllReduce(absl::MakeSpan(ints), ReduceOp::kAvg);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("the average of i32 is not defined"));
+  EXPECT_THAT(s.message(), HasSubstr("AllReduce(avg, i32 x 2)"));
+  std::vector<int32_t> one(2);
+  s = c.ReduceScatter(absl::MakeConstSpan(ints), absl::MakeSpan(one), ReduceOp::kAvg);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  std::vector<uint16_t> h(2, 0);
+  s = c.AllReduce(h.data(), 2, CommType::kBF16, ReduceOp::kAvg);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented);
+  EXPECT_THAT(s.message(), HasSubstr("avg of bf16 is not supported by this communicator (self"));
+  // Refused calls are not counted.
+  EXPECT_EQ(c.counters().all_reduce.calls, 2);
+  EXPECT_EQ(c.counters().reduce_scatter.calls, 1);
+}
+
+// A batch to self: the receive may come first in the batch, as in a pipeline stage that posts
+// its receive from the previous stage before its send to the next.
+TEST(CommunicatorTest, BatchSendRecvToSelf) {
+  SelfCommunicator c;
+  const std::vector<float> a = {1.f, 2.f, 3.f};
+  const std::vector<int32_t> b = {7, 8};
+  std::vector<float> got_a(3, 0.f);
+  std::vector<int32_t> got_b(2, 0);
+  const std::vector<PeerOp> ops = {
+      PeerOp::Recv(absl::MakeSpan(got_a), 0, /*tag=*/1),
+      PeerOp::Send(absl::MakeConstSpan(a), 0, /*tag=*/1),
+      PeerOp::Send(absl::MakeConstSpan(b), 0, /*tag=*/2),
+      PeerOp::Recv(absl::MakeSpan(got_b), 0, /*tag=*/2),
+  };
+  absl::StatusOr<std::unique_ptr<Work>> w = c.IBatchSendRecv(ops);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_TRUE((*w)->Wait().ok());
+  EXPECT_TRUE((*w)->Wait().ok());  // idempotent
+  EXPECT_EQ(got_a, a);
+  EXPECT_EQ(got_b, b);
+  // Counted as the ISends and IRecvs they are.
+  EXPECT_EQ(c.counters().send, (OpCounter{2, 12 + 8}));
+  EXPECT_EQ(c.counters().recv, (OpCounter{2, 12 + 8}));
+
+  // The blocking form; an empty batch is a no-op.
+  std::vector<float> again(3, 0.f);
+  const std::vector<PeerOp> pair = {PeerOp::Send(absl::MakeConstSpan(a), 0, 3),
+                                    PeerOp::Recv(absl::MakeSpan(again), 0, 3)};
+  EXPECT_TRUE(c.BatchSendRecv(pair).ok());
+  EXPECT_EQ(again, a);
+  EXPECT_TRUE(c.BatchSendRecv({}).ok());
+
+  // One bad op refuses the whole batch before anything is issued or counted, naming the op.
+  c.ResetCounters();
+  const std::vector<PeerOp> bad = {PeerOp::Send(absl::MakeConstSpan(a), 0, 4),
+                                   PeerOp::Recv(absl::MakeSpan(again), /*src=*/3, 4)};
+  absl::Status s = c.IBatchSendRecv(bad).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("IBatchSendRecv(1 sends, 1 receives) op 1 (recv(f32 x 3) "
+                                     "from 3 tag 4) on rank 0 of 1 (self)"));
+  EXPECT_THAT(s.message(), HasSubstr("peer rank 3"));
+  EXPECT_EQ(c.counters(), CommCounters());
+  std::vector<float> none(3);
+  EXPECT_FALSE(c.Recv(absl::MakeSpan(none), 0, 4).ok());  // the send was not issued either
+
+  // An unmatched receive fails at Wait, named by the batch.
+  const std::vector<PeerOp> orphan = {PeerOp::Recv(absl::MakeSpan(none), 0, 9)};
+  absl::StatusOr<std::unique_ptr<Work>> o = c.IBatchSendRecv(orphan);
+  ASSERT_TRUE(o.ok());
+  s = (*o)->Wait();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("IBatchSendRecv(0 sends, 1 receives) on rank 0 of 1"));
+}
+
+// A host Work has no device work to order a stream after: WaitOnStream waits on the host.
+TEST(CommunicatorTest, HostWorkWaitOnStreamWaits) {
+  SelfCommunicator c;
+  std::vector<float> got(1, 0.f);
+  const std::vector<float> sent = {4.f};
+  absl::StatusOr<std::unique_ptr<Work>> r = c.IRecv(got.data(), 1, CommType::kF32, 0, 1);
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE(c.Send(absl::MakeConstSpan(sent), 0, 1).ok());
+  EXPECT_TRUE((*r)->WaitOnStream(nullptr).ok());
+  EXPECT_EQ(got, sent);
+  absl::StatusOr<std::unique_ptr<Work>> orphan = c.IRecv(got.data(), 1, CommType::kF32, 0, 2);
+  ASSERT_TRUE(orphan.ok());
+  absl::Status s = (*orphan)->WaitOnStream(nullptr);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("IRecv(f32 x 1) from 0 tag 2"));
+}
+
 TEST(CommunicatorTest, TensorOverloads) {
   SelfCommunicator c;
   Tensor t = Tensor::Zeros({2, 3}, DType::kF32);
