@@ -1,5 +1,8 @@
 #include "parallel/device_communicator.h"
 
+#include <memory>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 #include "runtime/status.h"
 
@@ -8,6 +11,20 @@
 #endif
 
 namespace lattice {
+
+absl::StatusOr<std::unique_ptr<Communicator>> PrivateHostCopy(Communicator& host) {
+  LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> own, host.Split(0, host.rank()));
+  own->set_name(host.name());
+  own->set_timeout(host.timeout());
+  return own;
+}
+
+std::unique_ptr<DeviceCommunicator> NamedLike(const Communicator& host,
+                                              std::unique_ptr<DeviceCommunicator> c) {
+  c->set_name(host.name());
+  c->set_timeout(host.timeout());
+  return c;
+}
 
 #ifdef LATTICE_HAVE_CUDA
 

@@ -14,6 +14,7 @@
 #define LATTICE_PARALLEL_DEVICE_COMMUNICATOR_H_
 
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -76,6 +77,14 @@ class ScopedDevice {
 // `device` itself, or the current device for -1; kInvalidArgument for a device the CUDA runtime
 // does not see, kFailedPrecondition when there is no GPU (or no CUDA in this build).
 absl::StatusOr<int> ResolveDevice(int device);
+
+// A device communicator's private copy of `host` for its control traffic (bootstrap,
+// barriers): a split (not counted), with the host's name and timeout, so that this traffic stays
+// off the caller's counters and the caller may drop `host`.
+absl::StatusOr<std::unique_ptr<Communicator>> PrivateHostCopy(Communicator& host);
+// `c`, named and timed like `host` (the communicator a device communicator was created over).
+std::unique_ptr<DeviceCommunicator> NamedLike(const Communicator& host,
+                                              std::unique_ptr<DeviceCommunicator> c);
 
 // `waiter` waits, on the device, for the work enqueued so far on `producer` (through an event
 // recorded on `producer`). `what` names the caller in the error.

@@ -647,23 +647,32 @@ class NcclCommunicator final : public DeviceCommunicator {
     return std::unique_ptr<Work>(std::make_unique<NcclWork>(state_, info, timeout(), ev));
   }
 
+  // The path every collective shares: refuse after a failure, switch to the device, issue
+  // `call(nccl_count, nccl_type)` on the stream, settle it and record the Work's event. Counts
+  // match on every rank (communicator.h), so an empty buffer is skipped everywhere.
+  template <typename Call>
+  absl::StatusOr<std::unique_ptr<Work>> Enqueue(const OpInfo& info, const char* nccl_call,
+                                                Call call) {
+    LATTICE_RETURN_IF_ERROR(Usable());
+    ScopedDevice scoped(state_->device);
+    LATTICE_RETURN_IF_ERROR(scoped.status());
+    const NcclWireType w = NcclWireTypeOf(info.type);
+    const ncclResult_t r =
+        info.count == 0
+            ? ncclSuccess
+            : call(info.count * w.per_element, static_cast<ncclDataType_t>(w.type));
+    return Finish(r, nccl_call, info);
+  }
+
   absl::StatusOr<std::unique_ptr<Work>> IssueAllReduce(const char* name, void* buf, size_t count,
                                                        CommType type, ReduceOp op) {
     OpInfo info = Collective(name, type, count);
     info.has_reduce = true;
     info.reduce = op;
-    LATTICE_RETURN_IF_ERROR(Usable());
-    ScopedDevice scoped(state_->device);
-    LATTICE_RETURN_IF_ERROR(scoped.status());
-    const NcclWireType w = NcclWireTypeOf(type);
-    // Counts match on every rank (communicator.h), so an empty buffer is skipped everywhere.
-    const ncclResult_t r =
-        count == 0 ? ncclSuccess
-                   : ncclAllReduce(buf, buf, count * w.per_element,
-                                   static_cast<ncclDataType_t>(w.type),
-                                   static_cast<ncclRedOp_t>(NcclRedOpOf(op)), state_->comm,
-                                   state_->stream);
-    return Finish(r, "ncclAllReduce", info);
+    return Enqueue(info, "ncclAllReduce", [&](size_t n, ncclDataType_t t) {
+      return ncclAllReduce(buf, buf, n, t, static_cast<ncclRedOp_t>(NcclRedOpOf(op)),
+                           state_->comm, state_->stream);
+    });
   }
 
   // NCCL's in-place reduce-scatter is exactly recv == send + rank * recv_count (the own-chunk
@@ -674,18 +683,10 @@ class NcclCommunicator final : public DeviceCommunicator {
     OpInfo info = Collective(name, type, recv_count);
     info.has_reduce = true;
     info.reduce = op;
-    LATTICE_RETURN_IF_ERROR(Usable());
-    ScopedDevice scoped(state_->device);
-    LATTICE_RETURN_IF_ERROR(scoped.status());
-    const NcclWireType w = NcclWireTypeOf(type);
-    const ncclResult_t r =
-        recv_count == 0
-            ? ncclSuccess
-            : ncclReduceScatter(send, recv, recv_count * w.per_element,
-                                static_cast<ncclDataType_t>(w.type),
-                                static_cast<ncclRedOp_t>(NcclRedOpOf(op)), state_->comm,
-                                state_->stream);
-    return Finish(r, "ncclReduceScatter", info);
+    return Enqueue(info, "ncclReduceScatter", [&](size_t n, ncclDataType_t t) {
+      return ncclReduceScatter(send, recv, n, t, static_cast<ncclRedOp_t>(NcclRedOpOf(op)),
+                               state_->comm, state_->stream);
+    });
   }
 
   // Likewise NCCL's in-place all-gather is send == recv + rank * send_count.
@@ -693,32 +694,18 @@ class NcclCommunicator final : public DeviceCommunicator {
                                                        void* recv, size_t send_count,
                                                        CommType type) {
     OpInfo info = Collective(name, type, send_count);
-    LATTICE_RETURN_IF_ERROR(Usable());
-    ScopedDevice scoped(state_->device);
-    LATTICE_RETURN_IF_ERROR(scoped.status());
-    const NcclWireType w = NcclWireTypeOf(type);
-    const ncclResult_t r =
-        send_count == 0 ? ncclSuccess
-                        : ncclAllGather(send, recv, send_count * w.per_element,
-                                        static_cast<ncclDataType_t>(w.type), state_->comm,
-                                        state_->stream);
-    return Finish(r, "ncclAllGather", info);
+    return Enqueue(info, "ncclAllGather", [&](size_t n, ncclDataType_t t) {
+      return ncclAllGather(send, recv, n, t, state_->comm, state_->stream);
+    });
   }
 
   absl::StatusOr<std::unique_ptr<Work>> IssueBroadcast(const char* name, void* buf, size_t count,
                                                        CommType type, int root) {
     OpInfo info = Collective(name, type, count);
     info.peer = root;
-    LATTICE_RETURN_IF_ERROR(Usable());
-    ScopedDevice scoped(state_->device);
-    LATTICE_RETURN_IF_ERROR(scoped.status());
-    const NcclWireType w = NcclWireTypeOf(type);
-    const ncclResult_t r =
-        count == 0 ? ncclSuccess
-                   : ncclBroadcast(buf, buf, count * w.per_element,
-                                   static_cast<ncclDataType_t>(w.type), root, state_->comm,
-                                   state_->stream);
-    return Finish(r, "ncclBroadcast", info);
+    return Enqueue(info, "ncclBroadcast", [&](size_t n, ncclDataType_t t) {
+      return ncclBroadcast(buf, buf, n, t, root, state_->comm, state_->stream);
+    });
   }
 
   // Sends and receives in one group: NCCL starts them together, so a pair that exchanges (a
@@ -772,17 +759,11 @@ class NcclCommunicator final : public DeviceCommunicator {
 
 absl::StatusOr<std::unique_ptr<DeviceCommunicator>> CreateNcclCommunicator(
     Communicator& host, const DeviceCommOptions& options) {
-  // A private copy of the host (a split is not counted), so that the bootstrap's traffic and
-  // the barriers stay off the caller's counters and the caller may drop `host`.
-  LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> own, host.Split(0, host.rank()));
-  own->set_name(host.name());
-  own->set_timeout(host.timeout());
+  LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> own, PrivateHostCopy(host));
   LATTICE_ASSIGN_OR_RETURN(
       std::unique_ptr<NcclCommunicator> c,
       NcclCommunicator::Bootstrap(std::move(own), options.device, options.stream));
-  c->set_name(host.name());
-  c->set_timeout(host.timeout());
-  return std::unique_ptr<DeviceCommunicator>(std::move(c));
+  return NamedLike(host, std::move(c));
 }
 
 #else  // !LATTICE_HAVE_NCCL

@@ -437,17 +437,11 @@ class StagedDeviceCommunicator final : public DeviceCommunicator {
 
 absl::StatusOr<std::unique_ptr<DeviceCommunicator>> CreateStagedDeviceCommunicator(
     Communicator& host, const DeviceCommOptions& options) {
-  // A private copy of the host (a split is not counted): its traffic stays off the caller's
-  // counters, and the caller may drop `host`.
-  LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> own, host.Split(0, host.rank()));
-  own->set_name(host.name());
-  own->set_timeout(host.timeout());
+  LATTICE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> own, PrivateHostCopy(host));
   LATTICE_ASSIGN_OR_RETURN(
       std::unique_ptr<StagedDeviceCommunicator> c,
       StagedDeviceCommunicator::Create(std::move(own), options.device, options.stream));
-  c->set_name(host.name());
-  c->set_timeout(host.timeout());
-  return std::unique_ptr<DeviceCommunicator>(std::move(c));
+  return NamedLike(host, std::move(c));
 }
 
 #else  // !LATTICE_HAVE_CUDA
