@@ -235,12 +235,17 @@ absl::StatusOr<PlanEntry> PredictCpu(const Config& cfg, const ClusterSpec& cl,
     mem.comm_buffers = static_cast<double>(em.comm_buffers) + pipe + 8 * mbs_d * s * b;
     // MPI's share: fixed, and its temporary buffers for the largest collective message: the
     // data-parallel bucket (ZeRO-1 or not, the whole bucket goes in), a tensor-parallel
-    // all-gather's output (sbh fp32).
+    // all-gather's output (sbh fp32), the tied embedding's gradient.
     double largest = 0;
     if (lay.dp > 1) {
       largest = std::min(static_cast<double>(em.params), static_cast<double>(kDefaultBucketBytes));
     }
     if (lay.tp > 1) largest = std::max(largest, 4 * sbh);
+    // Tied embeddings: the first and the last stage (the two this loop predicts) all-reduce the
+    // embedding's gradient, a vocab-parallel shard (ParallelEngine::SyncEmbeddingGrads), every
+    // step; MPI's temporary for it is the size of the message (3 MiB on the demo's pp=2 ranks,
+    // heaptrack: Open MPI's libnbc iallreduce).
+    if (lay.pp > 1 && m.tied()) largest = std::max(largest, 4 * vp / t * c);
     mem.reserved = cl.reserved_bytes + pipe_mpi +
                    (world > 1 ? cl.reserved_mpi_bytes + cl.reserved_mpi_per_byte * largest : 0);
     if (mem.total() > e.memory.total()) e.memory = mem;

@@ -172,6 +172,20 @@ TEST(PlannerTest, CpuDescriptionPredictsTheEnginesPlan) {
   EXPECT_DOUBLE_EQ(e->memory.total(), expected);
   EXPECT_GT(e->time.dp_comm, 0);
   EXPECT_GT(e->time.compute, 0);
+
+  // pp=2 with tied embeddings: the first and last stage all-reduce the embedding's gradient,
+  // and MPI's temporary for it (per byte of the message) is in the prediction; untied, not.
+  PlanLayout pipe;
+  pipe.pp = 2;
+  pipe.micro_batch = 4;
+  ModelConfig tied = m;  // Gpt() unties them
+  tied.tie_embeddings = 1;
+  absl::StatusOr<PlanEntry> tied_pp = PredictLayout(tied, *c, pipe, 16);
+  absl::StatusOr<PlanEntry> untied_pp = PredictLayout(m, *c, pipe, 16);
+  ASSERT_TRUE(tied_pp.ok()) << tied_pp.status();
+  ASSERT_TRUE(untied_pp.ok()) << untied_pp.status();
+  EXPECT_DOUBLE_EQ(tied_pp->memory.reserved - untied_pp->memory.reserved,
+                   1.0 * 4 * 4096 * 192);
 }
 
 }  // namespace
