@@ -468,14 +468,21 @@ struct BoxRecord {
   Box box;
 };
 
-// The shard of one rank: the tensors to write (in registry order) and the boxes they are.
+// The shard of one rank: the tensors to write and the boxes they are. The weights come first
+// (in registry order), then the optimizer's tensors (in registry order): on a resume every
+// data-parallel replica reads the weights of its peers' files but only its own moments, so the
+// weights of a file are one contiguous range, which the kernel reads ahead as one stream,
+// instead of every small weight box sitting between two moment boxes (a seek each, cold).
 void CollectShard(const TrainStateRegistry& registry, std::vector<ShardTensor>* tensors,
                   std::vector<BoxRecord>* boxes) {
-  for (const StateTensor& t : registry.tensors()) {
-    for (const StatePiece& s : t.saves) {
-      tensors->push_back(ShardTensor{BoxTensorName(t.key, s.box), s.box.shape, s.data,
-                                     4 * static_cast<uint64_t>(s.box.numel())});
-      boxes->push_back(BoxRecord{t.key, s.box});
+  for (const bool weights : {true, false}) {
+    for (const StateTensor& t : registry.tensors()) {
+      if (absl::StartsWith(t.key, "model/") != weights) continue;
+      for (const StatePiece& s : t.saves) {
+        tensors->push_back(ShardTensor{BoxTensorName(t.key, s.box), s.box.shape, s.data,
+                                       4 * static_cast<uint64_t>(s.box.numel())});
+        boxes->push_back(BoxRecord{t.key, s.box});
+      }
     }
   }
 }
@@ -869,8 +876,21 @@ absl::Status ReadState(CheckpointReader& reader, const TrainStateRegistry& regis
       }
     }
   }
-  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) {
-    if (a.stored->file != b.stored->file) return a.stored->file < b.stored->file;
+  // Files in turn, starting at the one this rank reads most of (the shard it wrote, at the same
+  // layout) and going round: the replicas of a data-parallel group each read their own file
+  // from the disk first and then find their peers' weights already in the page cache, instead
+  // of all of them reading file 0 together (half the streams the disk could serve).
+  std::map<int, uint64_t> per_file;
+  for (const Task& task : tasks) per_file[task.stored->file] += task.stored->nbytes;
+  int first = 0;
+  uint64_t most = 0;
+  for (const auto& [file, n] : per_file) {
+    if (n > most) first = file, most = n;
+  }
+  const int nfiles = static_cast<int>(idx.files.size());
+  auto turn = [&](int file) { return (file - first + nfiles) % std::max(nfiles, 1); };
+  std::stable_sort(tasks.begin(), tasks.end(), [&](const Task& a, const Task& b) {
+    if (a.stored->file != b.stored->file) return turn(a.stored->file) < turn(b.stored->file);
     return a.stored->byte_offset < b.stored->byte_offset;
   });
   std::map<std::pair<const StateTensor*, size_t>, int64_t> copied;
