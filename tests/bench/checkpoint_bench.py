@@ -10,6 +10,9 @@ Measures, in one run on one disk (the checkpoint directory's):
                 over its wall time, next to the faster of `dd if=<shard> of=/dev/null bs=8M`
                 over every shard and the same with `iflag=direct`; both cold: each file's pages
                 are dropped from the page cache first (posix_fadvise DONTNEED, no root needed);
+  dd x8         diagnostic only, not the targets' reference: the same dd run as one process
+                per shard, all at once, as lattice's ranks write and read (on a disk that
+                serves one stream best, this is what 8 concurrent streams get);
   async cost    the training loop's time per step (step_ms + checkpoint_ms of the metrics
                 rows) with an async save every `--interval` steps: within the run (all steps
                 over the steps with no save in flight and no pause), and over a run without any
@@ -96,25 +99,47 @@ def dd(cmd):
     return time.time() - t0
 
 
-def dd_write(path, nbytes):
-    """GB/s of dd writing nbytes: (conv=fsync, oflag=direct)."""
+def dd_parallel(cmds):
+    """Seconds for the dd commands run all at once (as lattice's 8 ranks do)."""
+    t0 = time.time()
+    procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+             for c in cmds]
+    for pr in procs:
+        if pr.wait() != 0:
+            sys.exit(pr.stderr.read().decode())
+    return time.time() - t0
+
+
+def dd_write(path, nbytes, ways):
+    """GB/s of dd writing nbytes: (conv=fsync, oflag=direct, `ways` concurrent oflag=direct
+    writers of nbytes/ways each)."""
     count = max(1, nbytes // (8 << 20))
     out = []
     for flags in (["conv=fsync"], ["oflag=direct", "conv=fsync"]):
         dt = dd(["dd", "if=/dev/zero", f"of={path}", "bs=8M", f"count={count}"] + flags)
         out.append(count * (8 << 20) / dt / 1e9)
         os.remove(path)
+    part = max(1, count // ways)
+    paths = [f"{path}.{i}" for i in range(ways)]
+    dt = dd_parallel([["dd", "if=/dev/zero", f"of={p}", "bs=8M", f"count={part}",
+                       "oflag=direct", "conv=fsync"] for p in paths])
+    out.append(ways * part * (8 << 20) / dt / 1e9)
+    for p in paths:
+        os.remove(p)
     return out
 
 
 def dd_read(paths):
-    """GB/s of dd reading every file cold: (buffered, iflag=direct)."""
+    """GB/s of dd reading every file cold: (buffered, iflag=direct, all files at once buffered)."""
     total = sum(os.path.getsize(p) for p in paths)
     out = []
     for flags in ([], ["iflag=direct"]):
         evict(paths)
         dt = sum(dd(["dd", f"if={p}", "of=/dev/null", "bs=8M"] + flags) for p in paths)
         out.append(total / dt / 1e9)
+    evict(paths)
+    out.append(total / dd_parallel([["dd", f"if={p}", "of=/dev/null", "bs=8M"] for p in paths])
+               / 1e9)
     return out
 
 
@@ -147,7 +172,7 @@ def run_round(args, k):
     index = json.load(open(os.path.join(ckpt, "index.json")))
     shards = [os.path.join(ckpt, f["name"]) for f in index["files"]]
     ckpt_bytes = sum(f["bytes"] for f in index["files"])
-    dd_w = dd_write(os.path.join(rd, "dd.bin"), ckpt_bytes)
+    dd_w = dd_write(os.path.join(rd, "dd.bin"), ckpt_bytes, len(shards))
     dd_r = dd_read(shards)
     # Load: resume the last sync checkpoint, cold, for one more step.
     evict(shards)
@@ -167,9 +192,9 @@ def run_round(args, k):
         "largest_shard": max(f["bytes"] for f in index["files"]),
         "save_s": float(sync_save[3]), "shard_write_s": float(sync_save[4]),
         "save_gbs": float(sync_save[1]) * 1048576 / float(sync_save[3]) / 1e9,
-        "dd_write_fsync": dd_w[0], "dd_write_direct": dd_w[1],
+        "dd_write_fsync": dd_w[0], "dd_write_direct": dd_w[1], "dd_write_parallel": dd_w[2],
         "load_s": load_s, "read_mib": read_mib, "load_gbs": ckpt_bytes / load_s / 1e9,
-        "dd_read_cold": dd_r[0], "dd_read_direct": dd_r[1],
+        "dd_read_cold": dd_r[0], "dd_read_direct": dd_r[1], "dd_read_parallel": dd_r[2],
         "none_ms": float(np.mean(loop_ms(runs["none"][1]))),
         "sync_ms": float(np.mean(loop_ms(runs["sync"][1]))),
         "async_ms": float(np.mean(loop_ms(async_rows))),
@@ -216,10 +241,12 @@ def main():
         print(f"  save {f['save_gbs']:.2f} GB/s ({f['save_s']:.2f} s, slowest shard write "
               f"{f['shard_write_s']:.2f} s); dd write conv=fsync {f['dd_write_fsync']:.2f}, "
               f"oflag=direct {f['dd_write_direct']:.2f} GB/s -> {100 * f['save_vs_dd']:.0f}% of "
-              f"the faster")
+              f"the faster; {f['shards']} concurrent dd oflag=direct "
+              f"{f['dd_write_parallel']:.2f} GB/s")
         print(f"  load (cold) {f['load_gbs']:.2f} GB/s ({f['read_mib']:.0f} MiB read by all "
               f"ranks in {f['load_s']:.2f} s); dd read cold {f['dd_read_cold']:.2f}, "
-              f"iflag=direct {f['dd_read_direct']:.2f} GB/s -> {100 * f['load_vs_dd']:.0f}%")
+              f"iflag=direct {f['dd_read_direct']:.2f} GB/s -> {100 * f['load_vs_dd']:.0f}%; "
+              f"{f['shards']} concurrent dd {f['dd_read_parallel']:.2f} GB/s")
         print(f"  loop ms per step: none {f['none_ms']:.0f}, sync {f['sync_ms']:.0f} "
               f"({100 * f['sync_over_none']:+.1f}%), async {f['async_ms']:.0f} "
               f"({100 * f['async_over_none']:+.1f}%); async run: clean steps "

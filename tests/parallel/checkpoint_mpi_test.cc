@@ -41,6 +41,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "model/optimizer.h"
 #include "parallel/checkpoint.h"
@@ -273,6 +274,28 @@ TEST_P(ReshardMatrix, EveryLayoutLoadsEveryOtherBitForBit) {
     ASSERT_TRUE(s.ok()) << s.status();
     ASSERT_TRUE(s->has_value());
     EXPECT_EQ((*s)->path, dirs[a]);
+    // Each shard holds its weights first, as one range, then the optimizer's tensors (the
+    // file order CollectShard gives, so a replica reading a peer's weights reads one stream).
+    if (sub->rank() == 0) {
+      absl::StatusOr<CheckpointIndex> idx = ReadCheckpointIndex(dirs[a]);
+      ASSERT_TRUE(idx.ok()) << idx.status();
+      std::map<int, uint64_t> last_weight, first_optimizer;
+      for (const auto& [key, t] : idx->tensors) {
+        for (const StoredBox& b : t.boxes) {
+          if (absl::StartsWith(key, "model/")) {
+            last_weight[b.file] = std::max(last_weight[b.file], b.byte_offset);
+          } else if (!first_optimizer.count(b.file) || b.byte_offset < first_optimizer[b.file]) {
+            first_optimizer[b.file] = b.byte_offset;
+          }
+        }
+      }
+      EXPECT_FALSE(first_optimizer.empty());
+      for (const auto& [file, offset] : first_optimizer) {
+        if (last_weight.count(file)) {
+          EXPECT_LT(last_weight[file], offset) << idx->files[file].name;
+        }
+      }
+    }
   }
 
   double worst = 0;
