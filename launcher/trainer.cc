@@ -236,6 +236,7 @@ CheckpointContents Trainer::Contents() const {
 absl::Status Trainer::ResumeFrom(const std::string& dir, bool announce) {
   absl::StatusOr<std::unique_ptr<CheckpointReader>> reader = CheckpointReader::Open(dir);
   absl::Status ok = reader.status();
+  if (ok.ok()) (*reader)->set_direct_io(cfg_.checkpoint.direct_io);
   if (ok.ok()) ok = CheckCompatible(**reader, cfg_.model, /*need_optimizer=*/true);
   absl::StatusOr<DataLoaderState> data = absl::InvalidArgumentError("no data state");
   if (ok.ok()) {
@@ -253,8 +254,11 @@ absl::Status Trainer::ResumeFrom(const std::string& dir, bool announce) {
   LATTICE_RETURN_IF_ERROR(AgreeOnStatus(world_, ok));
   const auto start = std::chrono::steady_clock::now();
   bool masters_loaded = false;
+  // How many ranks read each stored box: those only this rank reads go past the page cache.
+  std::vector<int32_t> readers = BoxesRead(**reader, *registry_);
+  LATTICE_RETURN_IF_ERROR(world_.AllReduce(absl::MakeSpan(readers), ReduceOp::kSum));
   LATTICE_RETURN_IF_ERROR(
-      AgreeOnStatus(world_, ReadState(**reader, *registry_, &masters_loaded)));
+      AgreeOnStatus(world_, ReadState(**reader, *registry_, &masters_loaded, &readers)));
   // bf16/fp16: the masters come from the checkpoint when it has them (a mixed-precision run's),
   // otherwise from its weights; the weights become their compute copy.
   engine_->WeightsLoaded(masters_loaded);
@@ -276,15 +280,17 @@ absl::Status Trainer::ResumeFrom(const std::string& dir, bool announce) {
   resumed_from_ = dir;
   spike_.Anchor(idx.iteration);  // a rollback may go back to here
   // Bytes read by this rank, summed over the ranks for the report.
-  int64_t bytes[1] = {static_cast<int64_t>((*reader)->bytes_read())};
+  int64_t bytes[2] = {static_cast<int64_t>((*reader)->bytes_read()),
+                      static_cast<int64_t>((*reader)->run_bytes_read())};
   LATTICE_RETURN_IF_ERROR(SumInRankOrder(world_, absl::MakeSpan(bytes)));
   if (is_logger() && announce) {
     std::printf("lattice train: resumed from %s (saved at %s) at iteration %lld, consumed "
-                "samples %lld, optimizer step %lld; read %.1f MiB in %.2f s (%.2f GB/s)\n",
+                "samples %lld, optimizer step %lld; read %.1f MiB in %.2f s (%.2f GB/s; "
+                "%.1f MiB of it read by one rank alone, with direct I/O)\n",
                 dir.c_str(), idx.layout.ToString().c_str(), static_cast<long long>(idx.iteration),
                 static_cast<long long>(data->consumed_samples),
                 static_cast<long long>(idx.optimizer_step), bytes[0] / 1048576.0, seconds,
-                seconds > 0 ? bytes[0] / seconds / 1e9 : 0.0);
+                seconds > 0 ? bytes[0] / seconds / 1e9 : 0.0, bytes[1] / 1048576.0);
     std::fflush(stdout);
   }
   return absl::OkStatus();

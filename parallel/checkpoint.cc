@@ -844,10 +844,53 @@ absl::Status CheckCompatible(const CheckpointReader& reader, const ModelConfig& 
   return absl::OkStatus();
 }
 
+namespace {
+
+// The number of the first stored box of every tensor of the index (BoxesRead's numbering).
+std::map<std::string, size_t> FirstBoxNumbers(const CheckpointIndex& idx) {
+  std::map<std::string, size_t> first;
+  size_t n = 0;
+  for (const auto& [key, t] : idx.tensors) {
+    first[key] = n;
+    n += t.boxes.size();
+  }
+  return first;
+}
+
+}  // namespace
+
+std::vector<int32_t> BoxesRead(const CheckpointReader& reader,
+                               const TrainStateRegistry& registry) {
+  const CheckpointIndex& idx = reader.index();
+  const std::map<std::string, size_t> first = FirstBoxNumbers(idx);
+  size_t total = 0;
+  for (const auto& [key, t] : idx.tensors) total += t.boxes.size();
+  std::vector<int32_t> read(total, 0);
+  for (const StateTensor& t : registry.tensors()) {
+    auto it = idx.tensors.find(t.key);
+    if (it == idx.tensors.end()) continue;  // ReadState says so
+    const std::vector<StoredBox>& boxes = it->second.boxes;
+    for (const StatePiece& piece : t.loads) {
+      for (size_t i = 0; i < boxes.size(); ++i) {
+        if (Intersects(boxes[i].box, piece.box)) read[first.at(t.key) + i] = 1;
+      }
+    }
+  }
+  return read;
+}
+
 absl::Status ReadState(CheckpointReader& reader, const TrainStateRegistry& registry,
-                       bool* masters_loaded) {
+                       bool* masters_loaded, const std::vector<int32_t>* readers) {
   registry.ClearUncovered();
   const CheckpointIndex& idx = reader.index();
+  const std::map<std::string, size_t> first_box = FirstBoxNumbers(idx);
+  size_t total_boxes = 0;
+  for (const auto& [key, t] : idx.tensors) total_boxes += t.boxes.size();
+  if (readers != nullptr && readers->size() != total_boxes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        reader.dir(), ": ReadState: ", readers->size(), " reader counts for ", total_boxes,
+        " stored boxes"));
+  }
   // Every (piece this rank holds, stored box it intersects), read in the order of the boxes in
   // the files: the registry's order (a weight, then its moments, then the next weight) jumps
   // between distant offsets, which on a cold cache turns each of the ~1000 mostly small boxes
@@ -894,7 +937,41 @@ absl::Status ReadState(CheckpointReader& reader, const TrainStateRegistry& regis
     return a.stored->byte_offset < b.stored->byte_offset;
   });
   std::map<std::pair<const StateTensor*, size_t>, int64_t> copied;
-  for (const Task& task : tasks) {
+  // The boxes that this rank alone reads, and holds whole (at the layout that saved: most of
+  // the moments, each ZeRO owner its own range), go through ReadRun (O_DIRECT, requests of up
+  // to 8 MiB, no page cache to fill); the rest through the page cache, where the other ranks
+  // that read a box (the data-parallel replicas of a weight; both pipeline stages of a tied
+  // embedding, its moments too) find it.
+  auto run_box = [&](const Task& t) {
+    return readers != nullptr && reader.direct_io() &&
+           (*readers)[first_box.at(t.tensor->key) + t.box] == 1 &&
+           t.stored->box == t.tensor->loads[t.piece].box;
+  };
+  constexpr uint64_t kGap = 64 << 10;  // bytes between two boxes read and dropped, at most
+  std::vector<CheckpointReader::BoxRead> run;
+  for (size_t i = 0; i < tasks.size();) {
+    if (run_box(tasks[i])) {
+      const StoredBox& head = *tasks[i].stored;
+      uint64_t end = head.byte_offset + head.nbytes;
+      size_t j = i + 1;
+      while (j < tasks.size() && run_box(tasks[j]) && tasks[j].stored->file == head.file &&
+             tasks[j].stored->byte_offset >= end && tasks[j].stored->byte_offset - end <= kGap &&
+             tasks[j].stored->byte_offset + tasks[j].stored->nbytes - head.byte_offset <=
+                 CheckpointReader::kRunBytes) {
+        end = tasks[j].stored->byte_offset + tasks[j].stored->nbytes;
+        ++j;
+      }
+      run.clear();
+      for (size_t k = i; k < j; ++k) {
+        const StatePiece& piece = tasks[k].tensor->loads[tasks[k].piece];
+        run.push_back({&tasks[k].tensor->key, tasks[k].box, piece.data});
+        copied[{tasks[k].tensor, tasks[k].piece}] += piece.box.numel();
+      }
+      LATTICE_RETURN_IF_ERROR(reader.ReadRun(run));
+      i = j;
+      continue;
+    }
+    const Task& task = tasks[i++];
     const StatePiece& piece = task.tensor->loads[task.piece];
     int64_t& n = copied[{task.tensor, task.piece}];
     if (task.stored->box == piece.box) {

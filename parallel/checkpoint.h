@@ -194,8 +194,18 @@ absl::Status CheckCompatible(const CheckpointReader& reader, const ModelConfig& 
 // stored boxes that intersect them. Not collective. DataLoss naming the file, tensor and box.
 // A registry's "optimizer/master/" tensors the checkpoint lacks are skipped (see above);
 // *masters_loaded (when given) says whether the checkpoint had them.
+//
+// `readers` (when given): for every stored box (numbered as BoxesRead numbers them), how many
+// ranks read it, the sum of BoxesRead over the ranks loading together. The boxes this rank alone
+// reads are read with O_DIRECT in requests of up to 8 MiB (CheckpointReader::ReadRun, when the
+// reader's direct I/O is on); without it every box goes through the page cache.
 absl::Status ReadState(CheckpointReader& reader, const TrainStateRegistry& registry,
-                       bool* masters_loaded = nullptr);
+                       bool* masters_loaded = nullptr,
+                       const std::vector<int32_t>* readers = nullptr);
+// 1 for every stored box of the checkpoint (over the index's tensors in key order, each one's
+// boxes in order) that ReadState reads for `registry`, else 0. Summed over the loading ranks
+// (an all-reduce), the `readers` of ReadState.
+std::vector<int32_t> BoxesRead(const CheckpointReader& reader, const TrainStateRegistry& registry);
 // The contents (counters, data state, config) of a checkpoint's index.
 CheckpointContents ContentsOf(const CheckpointIndex& index);
 

@@ -33,6 +33,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/tensor.h"
 
@@ -241,11 +242,33 @@ class CheckpointReader {
   // CRC-32C of what was read: the fast path when a rank holds a stored box whole (a resume on
   // the layout that saved), one copy out of the page cache instead of page faults on a mapping.
   absl::Status Read(const std::string& key, size_t i, float* dst);
+  // One box read whole into `dst` (its numel floats), for ReadRun.
+  struct BoxRead {
+    const std::string* key;
+    size_t box;
+    float* dst;
+  };
+  // The most bytes ReadRun reads with one request (a run of boxes spanning more is refused,
+  // a single box larger than this is read in pieces of it).
+  static constexpr uint64_t kRunBytes = 8 << 20;
+  // Reads boxes of one file that lie in file order (each after the last) within kRunBytes of
+  // the first, or one box of any size, with O_DIRECT requests of up to kRunBytes through an
+  // aligned staging buffer (buffered where the filesystem refuses O_DIRECT or direct I/O is
+  // off), copying each into its `dst` and checking its CRC-32C. For the boxes that only this
+  // rank reads (the optimizer's, at the layout that saved): no page cache to fill, and requests
+  // as large as `dd bs=8M iflag=direct` makes. The bytes between the boxes are read and dropped.
+  absl::Status ReadRun(absl::Span<const BoxRead> run);
+  // Off: ReadRun reads through the page cache (checkpoint.direct_io). Set before the first
+  // read: it also chooses the readahead advice of the files as they are opened.
+  void set_direct_io(bool on) { direct_io_ = on; }
+  bool direct_io() const { return direct_io_; }
   // Reads and checks every file and every box. The first error, or OK.
   absl::Status VerifyAll();
   // Files opened so far and box bytes read (CRC-checked) so far.
   int files_opened() const;
   uint64_t bytes_read() const { return bytes_read_; }
+  // Of those, the bytes of the boxes read by ReadRun.
+  uint64_t run_bytes_read() const { return run_bytes_read_; }
 
  private:
   absl::StatusOr<SafetensorsFile*> File(int f);
@@ -254,8 +277,13 @@ class CheckpointReader {
   CheckpointIndex index_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::vector<int> fds_;  // opened with files_, for Read
+  // O_DIRECT descriptors for ReadRun: -1 not opened yet, -2 refused by the filesystem.
+  std::vector<int> direct_fds_;
+  AlignedHostBuffer staging_;  // ReadRun's, allocated at its first use
+  bool direct_io_ = true;
   std::map<std::string, std::vector<bool>> verified_;
   uint64_t bytes_read_ = 0;
+  uint64_t run_bytes_read_ = 0;
 };
 
 }  // namespace lattice

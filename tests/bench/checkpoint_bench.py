@@ -50,6 +50,7 @@ SAVE_RE = re.compile(r"checkpoint (\S+) committed: ([\d.]+) MiB from (\d+) rank\
                      r"\(shard write ([\d.]+) s.*?host copy ([\d.]+) MiB")
 PEAK_RE = re.compile(r"peak resident memory (\d+) MiB")
 LOAD_RE = re.compile(r"resumed from .* read ([\d.]+) MiB in ([\d.]+) s")
+DIRECT_RE = re.compile(r"([\d.]+) MiB of it read by one rank alone, with direct I/O")
 
 
 def sh(cmd, **kw):
@@ -181,6 +182,8 @@ def run_round(args, k):
     loads.append(load_average())
     m = LOAD_RE.search(load_out)
     read_mib, load_s = float(m.group(1)), float(m.group(2))
+    d = DIRECT_RE.search(load_out)
+    direct_mib = float(d.group(1)) if d else 0.0
 
     def loop_ms(rows, first=1):
         # Steps after the first (its warm-up allocations and page faults are in every run).
@@ -193,7 +196,8 @@ def run_round(args, k):
         "save_s": float(sync_save[3]), "shard_write_s": float(sync_save[4]),
         "save_gbs": float(sync_save[1]) * 1048576 / float(sync_save[3]) / 1e9,
         "dd_write_fsync": dd_w[0], "dd_write_direct": dd_w[1], "dd_write_parallel": dd_w[2],
-        "load_s": load_s, "read_mib": read_mib, "load_gbs": ckpt_bytes / load_s / 1e9,
+        "load_s": load_s, "read_mib": read_mib, "direct_mib": direct_mib,
+        "load_gbs": ckpt_bytes / load_s / 1e9,
         "dd_read_cold": dd_r[0], "dd_read_direct": dd_r[1], "dd_read_parallel": dd_r[2],
         "none_ms": float(np.mean(loop_ms(runs["none"][1]))),
         "sync_ms": float(np.mean(loop_ms(runs["sync"][1]))),
@@ -244,7 +248,7 @@ def main():
               f"the faster; {f['shards']} concurrent dd oflag=direct "
               f"{f['dd_write_parallel']:.2f} GB/s")
         print(f"  load (cold) {f['load_gbs']:.2f} GB/s ({f['read_mib']:.0f} MiB read by all "
-              f"ranks in {f['load_s']:.2f} s); dd read cold {f['dd_read_cold']:.2f}, "
+              f"ranks in {f['load_s']:.2f} s, {f['direct_mib']:.0f} MiB of it direct); dd read cold {f['dd_read_cold']:.2f}, "
               f"iflag=direct {f['dd_read_direct']:.2f} GB/s -> {100 * f['load_vs_dd']:.0f}%; "
               f"{f['shards']} concurrent dd {f['dd_read_parallel']:.2f} GB/s")
         print(f"  loop ms per step: none {f['none_ms']:.0f}, sync {f['sync_ms']:.0f} "
