@@ -846,14 +846,16 @@ absl::Status CheckCompatible(const CheckpointReader& reader, const ModelConfig& 
 
 namespace {
 
-// The number of the first stored box of every tensor of the index (BoxesRead's numbering).
-std::map<std::string, size_t> FirstBoxNumbers(const CheckpointIndex& idx) {
+// The number of the first stored box of every tensor of the index (BoxesRead's numbering);
+// *total: the number of stored boxes.
+std::map<std::string, size_t> FirstBoxNumbers(const CheckpointIndex& idx, size_t* total) {
   std::map<std::string, size_t> first;
   size_t n = 0;
   for (const auto& [key, t] : idx.tensors) {
     first[key] = n;
     n += t.boxes.size();
   }
+  *total = n;
   return first;
 }
 
@@ -862,9 +864,8 @@ std::map<std::string, size_t> FirstBoxNumbers(const CheckpointIndex& idx) {
 std::vector<int32_t> BoxesRead(const CheckpointReader& reader,
                                const TrainStateRegistry& registry) {
   const CheckpointIndex& idx = reader.index();
-  const std::map<std::string, size_t> first = FirstBoxNumbers(idx);
   size_t total = 0;
-  for (const auto& [key, t] : idx.tensors) total += t.boxes.size();
+  const std::map<std::string, size_t> first = FirstBoxNumbers(idx, &total);
   std::vector<int32_t> read(total, 0);
   for (const StateTensor& t : registry.tensors()) {
     auto it = idx.tensors.find(t.key);
@@ -883,9 +884,8 @@ absl::Status ReadState(CheckpointReader& reader, const TrainStateRegistry& regis
                        bool* masters_loaded, const std::vector<int32_t>* readers) {
   registry.ClearUncovered();
   const CheckpointIndex& idx = reader.index();
-  const std::map<std::string, size_t> first_box = FirstBoxNumbers(idx);
   size_t total_boxes = 0;
-  for (const auto& [key, t] : idx.tensors) total_boxes += t.boxes.size();
+  const std::map<std::string, size_t> first_box = FirstBoxNumbers(idx, &total_boxes);
   if (readers != nullptr && readers->size() != total_boxes) {
     return absl::InvalidArgumentError(absl::StrCat(
         reader.dir(), ": ReadState: ", readers->size(), " reader counts for ", total_boxes,

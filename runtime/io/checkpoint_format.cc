@@ -58,6 +58,17 @@ absl::Status Bad(const std::string& path, absl::string_view what) {
 
 std::string Hex32(uint32_t v) { return absl::StrFormat("%08x", v); }
 
+// OK when `crc` (of the bytes read) is the index's for the box, else DataLoss naming the file,
+// the tensor and the box.
+absl::Status CheckCrc(const std::string& path, const std::string& key, const StoredBox& b,
+                      uint32_t crc) {
+  if (crc == b.crc32c) return absl::OkStatus();
+  return absl::DataLossError(absl::StrCat(path, ": tensor '", key, "' box ", b.box.ToString(),
+                                          " ('", b.name, "'): CRC32C ", Hex32(crc),
+                                          " differs from the index's ", Hex32(b.crc32c),
+                                          " (the shard is corrupt)"));
+}
+
 // ---- Strict field access for the parser ----
 
 class Reader {
@@ -881,14 +892,8 @@ absl::StatusOr<const float*> CheckpointReader::Box(const std::string& key, size_
   }
   std::vector<bool>& verified = verified_[key];
   if (!verified[i]) {
-    const uint32_t crc = Crc32c(bytes.first, bytes.second);
     bytes_read_ += bytes.second;
-    if (crc != b.crc32c) {
-      return absl::DataLossError(absl::StrCat(
-          file->path(), ": tensor '", key, "' box ", b.box.ToString(), " ('", b.name,
-          "'): CRC32C ", Hex32(crc), " differs from the index's ", Hex32(b.crc32c),
-          " (the shard is corrupt)"));
-    }
+    LATTICE_RETURN_IF_ERROR(CheckCrc(file->path(), key, b, Crc32c(bytes.first, bytes.second)));
     verified[i] = true;
   }
   return reinterpret_cast<const float*>(bytes.first);
@@ -914,12 +919,7 @@ absl::Status CheckpointReader::Read(const std::string& key, size_t i, float* dst
     done += static_cast<uint64_t>(n);
   }
   bytes_read_ += b.nbytes;
-  const uint32_t crc = Crc32c(dst, b.nbytes);
-  if (crc != b.crc32c) {
-    return absl::DataLossError(absl::StrCat(
-        file->path(), ": tensor '", key, "' box ", b.box.ToString(), " ('", b.name, "'): CRC32C ",
-        Hex32(crc), " differs from the index's ", Hex32(b.crc32c), " (the shard is corrupt)"));
-  }
+  LATTICE_RETURN_IF_ERROR(CheckCrc(file->path(), key, b, Crc32c(dst, b.nbytes)));
   verified_[key][i] = true;
   return absl::OkStatus();
 }
@@ -1010,12 +1010,7 @@ absl::Status CheckpointReader::ReadRun(absl::Span<const BoxRead> run) {
   }
   for (size_t k = 0; k < run.size(); ++k) {
     const StoredBox& b = *stored[k];
-    if (crc[k] != b.crc32c) {
-      return absl::DataLossError(absl::StrCat(
-          file->path(), ": tensor '", *run[k].key, "' box ", b.box.ToString(), " ('", b.name,
-          "'): CRC32C ", Hex32(crc[k]), " differs from the index's ", Hex32(b.crc32c),
-          " (the shard is corrupt)"));
-    }
+    LATTICE_RETURN_IF_ERROR(CheckCrc(file->path(), *run[k].key, b, crc[k]));
     bytes_read_ += b.nbytes;
     run_bytes_read_ += b.nbytes;
     verified_[*run[k].key][run[k].box] = true;
