@@ -859,6 +859,23 @@ std::map<std::string, size_t> FirstBoxNumbers(const CheckpointIndex& idx, size_t
   return first;
 }
 
+// Calls fn(tensor, piece, i, stored) for every stored box `stored` (box i of the tensor in the
+// index) that load piece `piece` of a registry tensor intersects; tensors the index lacks are
+// skipped (ReadState names them).
+template <typename Fn>
+void ForEachIntersection(const CheckpointIndex& idx, const TrainStateRegistry& registry, Fn fn) {
+  for (const StateTensor& t : registry.tensors()) {
+    auto it = idx.tensors.find(t.key);
+    if (it == idx.tensors.end()) continue;
+    const std::vector<StoredBox>& boxes = it->second.boxes;
+    for (size_t p = 0; p < t.loads.size(); ++p) {
+      for (size_t i = 0; i < boxes.size(); ++i) {
+        if (Intersects(boxes[i].box, t.loads[p].box)) fn(t, p, i, boxes[i]);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<int32_t> BoxesRead(const CheckpointReader& reader,
@@ -867,16 +884,10 @@ std::vector<int32_t> BoxesRead(const CheckpointReader& reader,
   size_t total = 0;
   const std::map<std::string, size_t> first = FirstBoxNumbers(idx, &total);
   std::vector<int32_t> read(total, 0);
-  for (const StateTensor& t : registry.tensors()) {
-    auto it = idx.tensors.find(t.key);
-    if (it == idx.tensors.end()) continue;  // ReadState says so
-    const std::vector<StoredBox>& boxes = it->second.boxes;
-    for (const StatePiece& piece : t.loads) {
-      for (size_t i = 0; i < boxes.size(); ++i) {
-        if (Intersects(boxes[i].box, piece.box)) read[first.at(t.key) + i] = 1;
-      }
-    }
-  }
+  ForEachIntersection(idx, registry,
+                      [&](const StateTensor& t, size_t, size_t i, const StoredBox&) {
+                        read[first.at(t.key) + i] = 1;
+                      });
   return read;
 }
 
@@ -912,13 +923,11 @@ absl::Status ReadState(CheckpointReader& reader, const TrainStateRegistry& regis
       return absl::InvalidArgumentError(
           absl::StrCat(reader.dir(), ": the checkpoint has no tensor '", t.key, "'"));
     }
-    const std::vector<StoredBox>& boxes = it->second.boxes;
-    for (size_t p = 0; p < t.loads.size(); ++p) {
-      for (size_t i = 0; i < boxes.size(); ++i) {
-        if (Intersects(boxes[i].box, t.loads[p].box)) tasks.push_back({&t, p, i, &boxes[i]});
-      }
-    }
   }
+  ForEachIntersection(idx, registry,
+                      [&](const StateTensor& t, size_t p, size_t i, const StoredBox& stored) {
+                        tasks.push_back({&t, p, i, &stored});
+                      });
   // Files in turn, starting at the one this rank reads most of (the shard it wrote, at the same
   // layout) and going round: the replicas of a data-parallel group each read their own file
   // from the disk first and then find their peers' weights already in the page cache, instead

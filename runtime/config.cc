@@ -446,8 +446,8 @@ const std::vector<KeySpec>& Keys() {
       BoolKey("checkpoint.async", LATTICE_CONFIG_FIELD(checkpoint.async),
               "write checkpoints from a background thread"),
       BoolKey("checkpoint.direct_io", LATTICE_CONFIG_FIELD(checkpoint.direct_io),
-              "write shards, and read the optimizer's boxes on resume, with O_DIRECT, past "
-              "the page cache (buffered where the filesystem refuses it)"),
+              "write shards, and on resume read the boxes one rank alone reads, with "
+              "O_DIRECT, past the page cache (buffered where the filesystem refuses it)"),
       IntKey("checkpoint.keep", LATTICE_CONFIG_FIELD(checkpoint.keep),
              "newest checkpoints kept; 0 = keep all"),
       IntKey("checkpoint.keep_every", LATTICE_CONFIG_FIELD(checkpoint.keep_every),

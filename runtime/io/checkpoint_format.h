@@ -255,7 +255,7 @@ class CheckpointReader {
   // the first, or one box of any size, with O_DIRECT requests of up to kRunBytes through an
   // aligned staging buffer (buffered where the filesystem refuses O_DIRECT or direct I/O is
   // off), copying each into its `dst` and checking its CRC-32C. For the boxes that only this
-  // rank reads (the optimizer's, at the layout that saved): no page cache to fill, and requests
+  // rank reads (most of the moments, at the layout that saved): no page cache to fill, and requests
   // as large as `dd bs=8M iflag=direct` makes. The bytes between the boxes are read and dropped.
   absl::Status ReadRun(absl::Span<const BoxRead> run);
   // Off: ReadRun reads through the page cache (checkpoint.direct_io). Set before the first
