@@ -48,11 +48,12 @@ for entry in $MATRIX; do
   esac
   log="$BUILD/numeric-${spec}-${threads}.log"
   start=$(date +%s)
-  # The 8-rank runs (engine, recompute and precision; the checkpoint test has only its 8-rank run and stays) are left to stage 1: they check the same tolerances, derived for
-  # the same sums, as the 4-rank runs the matrix keeps, on a larger world (more layouts), and on a
-  # slow CI machine they were most of the matrix's time (engine_mpi_test_np8 alone > 600 s).
-  if env "${env_run[@]}" ctest --test-dir "$BUILD" -L numeric -E '(engine|recompute|precision)_mpi_test_np8$' -j2 --output-on-failure \
-      >"$log" 2>&1; then
+  # The 8-rank engine, recompute and precision runs are left to stage 1 (the checkpoint test has
+  # only its 8-rank run and stays): they check the same tolerances, derived for the same sums,
+  # as the 4-rank runs the matrix keeps, on a larger world (more layouts), and on a slow CI
+  # machine they were most of the matrix's time (engine_mpi_test_np8 alone > 600 s).
+  if env "${env_run[@]}" ctest --test-dir "$BUILD" -L numeric \
+      -E '(engine|recompute|precision)_mpi_test_np8$' -j2 --output-on-failure >"$log" 2>&1; then
     result="passed"
   else
     result="FAILED (log: $log)"

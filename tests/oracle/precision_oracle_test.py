@@ -27,7 +27,7 @@ step) in fp32, bf16 and fp16 (dynamic loss scaling from 2^10, growing every 10 c
      side of the precision effect, within half of torch's own distance from fp32;
   3. bf16 and fp16, every step: the loss within a tolerance derived from a control run (below);
      the largest lattice-vs-torch difference and the largest precision-vs-fp32 difference of
-     torch's own training are printed side by side with their ratio, not compared (see check 3);
+     torch's own training are printed side by side with their ratio, not compared (below);
   4. fp16: no step skipped or overflowed, and the loss scale reported as configured;
   5. the loss falls in every run.
 """
@@ -303,11 +303,12 @@ def check(name, c, tmp, rows):
         # After ~10 steps both are saturated draws of the same chaotic divergence (two correct
         # trajectories whose rounding flips have decorrelated), so their largest values are
         # of one size and either can be the larger: CI's torch gave Llama bf16 a ratio of 1.17
-        # (2.04e-3 vs 1.74e-3), this machine 0.68. Step 1 (check 2) is what tells the precision
-        # from fp32; the early-window ratio (steps 1-3, rms) and the run's are printed.
+        # (2.04e-3 vs 1.74e-3), this machine 0.39-0.40 over four OpenBLAS core types. Step 1
+        # (check 2) is what tells the precision from fp32; the run's ratio is in the summary
+        # table, the early window's (steps 1-3, rms; measured 0.10-0.35) is printed here.
         early = float(np.sqrt(np.mean(gap[:EARLY] ** 2)) / np.sqrt(np.mean(effect[:EARLY] ** 2)))
-        print(f"{name} {p}: lattice-vs-torch / precision effect: steps 1-{EARLY} rms "
-              f"{early:.3f}, largest over the run {gap.max() / effect.max():.3f}")
+        print(f"{name} {p}: lattice-vs-torch / precision effect, steps 1-{EARLY} rms: "
+              f"{early:.3f}")
         # 4. fp16's loss scaler: no overflow at these scales, growth every SCALE_WINDOW steps.
         if p == "fp16":
             bad = [m["step"] for m in lat[p] if m["skipped"] or m["overflow"]]

@@ -3,9 +3,9 @@
 //
 // Layout equivalence (principle 2): for every layout (dp, tp, pp) that fits the world size,
 // with ZeRO-1, sequence parallelism and each pipeline schedule (every combination on 2 and 4
-// ranks; on 8, each (dp, tp, pp) plain and with all its features, see LayoutsFor), 5 training steps of a tiny
-// GPT-2 and a tiny Llama (GQA: 4 heads, 2 kv heads, so tp=2 splits kv heads and tp=4
-// replicates them) compute the single-rank run's numbers. Every rank also runs the
+// ranks; on 8, each (dp, tp, pp) plain and with all its features, see LayoutsFor), 5 training
+// steps of a tiny GPT-2 and a tiny Llama (GQA: 4 heads, 2 kv heads, so tp=2 splits kv heads and
+// tp=4 replicates them) compute the single-rank run's numbers. Every rank also runs the
 // single-rank reference itself (a world of one). What must agree is compared:
 //   - the gradients of the same step at the same weights (the layout loads the reference's
 //     weights of each step and computes its gradients): every tensor within 1e-5 relative;
@@ -233,7 +233,7 @@ std::vector<Layout> LayoutsFor(int world) {
           if (world == 8 && !plain && !all_features) continue;
           Layout l{dp, tp, pp, 1, sp != 0, zero1 != 0, PipelineSchedule::kOneFOneB};
           out.push_back(l);
-          if (pp > 1 && zero1 == 0 && sp == 0) {
+          if (pp > 1 && plain) {
             l.schedule = PipelineSchedule::kGpipe;
             out.push_back(l);
             // Interleaved: 8 layers over pp*vpp virtual stages; micro-batches % pp == 0.
